@@ -1,0 +1,125 @@
+"""The `omni-edge` command: convert, generate and demo, a thin layer over the Python API."""
+
+import argparse
+import sys
+
+DEFAULT_MAX_TOKENS = 256
+
+
+def _add_convert(sub):
+    p = sub.add_parser("convert", help="convert a Hugging Face Qwen2.5-Omni checkpoint to MLX")
+    p.add_argument("--hf-path", required=True, help="local checkpoint directory or hub repo id")
+    p.add_argument("--mlx-path", required=True, help="output directory (must not exist)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="float type of the Thinker, Talker and encoders (Token2Wav stays float32)")
+    p.add_argument("-q", "--quantize", action="store_true", help="quantize linear layers")
+    p.add_argument("--q-bits", type=int, default=4, choices=[4, 8], help="Thinker bits")
+    p.add_argument("--q-group-size", type=int, default=64, choices=[32, 64, 128])
+    p.add_argument("--talker-bits", type=int, choices=[0, 4, 8, 16],
+                   help="Talker bits (default 8; 0 or 16 keeps it in float)")
+    p.add_argument("--audio-bits", type=int, choices=[0, 4, 8, 16],
+                   help="audio encoder bits (default 8)")
+    p.add_argument("--vision-bits", type=int, choices=[0, 4, 8, 16],
+                   help="vision encoder bits (default 8)")
+    p.add_argument("--revision", help="hub revision when --hf-path is a repo id")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --mlx-path")
+    p.set_defaults(func=run_convert)
+
+
+def _add_generation_options(p):
+    p.add_argument("--max-tokens", "-m", type=int, default=DEFAULT_MAX_TOKENS)
+    p.add_argument("--temp", type=float, default=0.0, help="temperature (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-context", type=int, help="context size (default: the model's)")
+    p.add_argument("--truncate", action="store_true",
+                   help="drop the oldest prompt tokens instead of failing on an over-long prompt")
+
+
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="answer one prompt, streaming the text")
+    p.add_argument("--model", required=True, help="converted dir, HF dir or hub repo id")
+    p.add_argument("--prompt", "-p", required=True, help="the user message ('-' reads stdin)")
+    p.add_argument("--system", help="system prompt (default: the chat template's)")
+    _add_generation_options(p)
+    p.set_defaults(func=run_generate)
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="run the whole pipeline on a tiny random-weight model (offline)")
+    p.add_argument("--dir", help="keep the demo checkpoint here (default: a temporary folder)")
+    p.add_argument("--max-tokens", type=int, default=24)
+    p.set_defaults(func=run_demo)
+
+
+def generation_kwargs(args) -> dict:
+    return dict(max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p,
+                top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                seed=args.seed, max_context=args.max_context, truncate=args.truncate)
+
+
+def print_stats(stats, out=None):
+    out = out or sys.stdout
+    print("=" * 10, file=out)
+    print(f"Prompt: {stats.prompt_tokens} tokens, {stats.prompt_tps:.1f} tokens-per-sec", file=out)
+    print(f"Generation: {stats.generation_tokens} tokens, "
+          f"{stats.generation_tps:.1f} tokens-per-sec", file=out)
+    print(f"Peak memory: {stats.peak_memory_gb:.3f} GB", file=out)
+
+
+def run_convert(args):
+    from .convert.mlx import convert
+
+    out = convert(args.hf_path, args.mlx_path, dtype=args.dtype, quantize=args.quantize,
+                  q_bits=args.q_bits, q_group_size=args.q_group_size,
+                  talker_bits=args.talker_bits, audio_bits=args.audio_bits,
+                  vision_bits=args.vision_bits, force=args.force, revision=args.revision)
+    print(f"[omni-edge] wrote {out}")
+
+
+def run_generate(args):
+    from .generate import Done, stream
+    from .loading import load
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+    if args.system:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": args.system}]})
+    model = load(args.model)
+    for event in stream(model, messages, **generation_kwargs(args)):
+        if isinstance(event, Done):
+            print()
+            print_stats(event.stats)
+        else:
+            print(event.text, end="", flush=True)
+
+
+def run_demo(args):
+    from .demo.run import run_demo as demo
+
+    demo(args.dir, max_tokens=args.max_tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omni-edge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_convert(sub)
+    _add_generate(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as err:
+        print(f"omni-edge {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

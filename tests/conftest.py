@@ -1,0 +1,35 @@
+"""Shared pytest fixtures: tiny random Qwen2.5-Omni checkpoints in the published on-disk layout.
+
+`fixture_3b` / `fixture_7b` are built once per session (see tests/fixtures.py); `fixture_dir`
+runs a test on both.  They skip when torch or transformers is missing.
+"""
+
+import pytest
+
+FIXTURE_KINDS = ("3b", "7b")
+
+
+def _build(tmp_path_factory, kind: str):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from fixtures import build_fixture
+
+    return build_fixture(tmp_path_factory.mktemp(f"qwen2_5_omni_{kind}"), kind)
+
+
+@pytest.fixture(scope="session")
+def fixture_3b(tmp_path_factory):
+    """A Qwen2.5-Omni-3B-shaped checkpoint dir (talker attention width == hidden, mrope [4,4,0])."""
+    return _build(tmp_path_factory, "3b")
+
+
+@pytest.fixture(scope="session")
+def fixture_7b(tmp_path_factory):
+    """A Qwen2.5-Omni-7B-shaped checkpoint dir (talker attention width 48 != hidden 32)."""
+    return _build(tmp_path_factory, "7b")
+
+
+@pytest.fixture(scope="session", params=FIXTURE_KINDS)
+def fixture_dir(request):
+    """Each fixture checkpoint dir in turn."""
+    return request.getfixturevalue(f"fixture_{request.param}")
