@@ -1,7 +1,6 @@
 """Find a Hugging Face checkpoint (local directory or hub repo id) and read its weight shards."""
 
 import json
-import os
 import struct
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -123,7 +122,3 @@ def weight_shards(model_dir: Path) -> List[Tuple[Path, List[str]]]:
             "PyTorch .bin checkpoints are not supported"
         )
     return [(f, sorted(safetensors_header(f))) for f in files]
-
-
-def file_size(path: Path) -> int:
-    return os.stat(path).st_size

@@ -176,11 +176,13 @@ def stream(
             break
         token_ids.append(token)
         detokenizer.add_token(token)
-        if detokenizer.last_segment:
-            yield TextDelta(detokenizer.last_segment, token)
+        segment = detokenizer.last_segment  # reading it consumes it
+        if segment:
+            yield TextDelta(segment, token)
     detokenizer.finalize()
-    if detokenizer.last_segment:
-        yield TextDelta(detokenizer.last_segment, token_ids[-1] if token_ids else -1)
+    segment = detokenizer.last_segment
+    if segment:
+        yield TextDelta(segment, token_ids[-1] if token_ids else -1)
     end = time.perf_counter()
     first = first or end
     decode_time = end - first

@@ -228,3 +228,30 @@ def test_cli_convert_and_generate(demo_hf, tmp_path, capsys):
         cli_main(["convert", "--hf-path", str(demo_hf), "--mlx-path", str(out)])
     assert exc.value.code == 2
     assert "--force" in capsys.readouterr().err
+
+
+def _run_offline(code: str, cache: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_repo_id_from_the_hub_cache_and_offline_error(demo_hf, tmp_path):
+    cache = tmp_path / "hub"
+    repo = cache / "models--Qwen--Qwen2.5-Omni-3B"
+    shutil.copytree(demo_hf, repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    out = tmp_path / "from-cache"
+    done = _run_offline(
+        f"from omni_edge.convert.mlx import convert; convert('Qwen/Qwen2.5-Omni-3B', {str(out)!r})", cache)
+    assert done.returncode == 0, done.stderr
+    assert (out / "config.json").is_file()
+    failed = _run_offline(
+        f"from omni_edge.convert.mlx import convert; convert('Qwen/Not-There', {str(tmp_path / 'x')!r})", cache)
+    assert failed.returncode != 0
+    assert "could not download Qwen/Not-There" in failed.stderr and "local directory" in failed.stderr
+    assert not (tmp_path / "x").exists()

@@ -144,3 +144,15 @@ def test_repetition_penalty_matches_transformers():
     ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([seen]), torch.tensor(logits)).numpy()
     ours = make_repetition_penalty(1.3)(mx.array(seen), mx.array(logits))
     np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-6)
+
+
+def test_streamed_text_adds_up_to_the_result(pair):
+    from omni_edge import stream
+
+    model, _, _ = pair
+    events = list(stream(model, MESSAGES, max_tokens=24))
+    deltas, done = events[:-1], events[-1]
+    assert done.type == "done" and all(e.type == "text" for e in deltas)
+    assert all(e.text for e in deltas)
+    assert "".join(e.text for e in deltas) == done.text == model.processor.tokenizer.decode(done.token_ids)
+    assert done.stats.generation_tokens == len(done.token_ids) and done.stats.prompt_tokens > 0

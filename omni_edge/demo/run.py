@@ -38,7 +38,9 @@ def run_demo(directory: Optional[str] = None, max_tokens: int = 24):
         for event in stream(model, DEMO_PROMPT, max_tokens=max_tokens):
             if isinstance(event, Done):
                 s = event.stats
-                print(f"\n[demo] text: {s.prompt_tokens} prompt tokens at {s.prompt_tps:.0f} tok/s, "
+                print(f"\n[demo] token ids: {event.token_ids[:12]}{' ...' if len(event.token_ids) > 12 else ''}"
+                      " (random weights pick ids anywhere in the vocabulary; many have no text)")
+                print(f"[demo] text: {s.prompt_tokens} prompt tokens at {s.prompt_tps:.0f} tok/s, "
                       f"{s.generation_tokens} tokens at {s.generation_tps:.0f} tok/s, "
                       f"first token {s.time_to_first_token * 1000:.0f} ms, "
                       f"peak memory {s.peak_memory_gb:.3f} GB")
