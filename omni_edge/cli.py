@@ -42,7 +42,9 @@ def _add_generation_options(p):
 def _add_generate(sub):
     p = sub.add_parser("generate", help="answer one prompt, streaming the text")
     p.add_argument("--model", required=True, help="converted dir, HF dir or hub repo id")
-    p.add_argument("--prompt", "-p", required=True, help="the user message ('-' reads stdin)")
+    p.add_argument("--prompt", "-p", help="the user's text ('-' reads stdin)")
+    p.add_argument("--audio", "-a", action="append", default=[], metavar="FILE",
+                   help="an audio file (wav, flac, ogg, mp3) sent before the text; repeatable")
     p.add_argument("--system", help="system prompt (default: the chat template's)")
     _add_generation_options(p)
     p.set_defaults(func=run_generate)
@@ -80,12 +82,21 @@ def run_convert(args):
     print(f"[omni-edge] wrote {out}")
 
 
+def user_content(args) -> list:
+    if not args.prompt and not args.audio:
+        raise ValueError("give --prompt TEXT, --audio FILE, or both")
+    content = [{"type": "audio", "audio": path} for path in args.audio]
+    if args.prompt:
+        text = sys.stdin.read() if args.prompt == "-" else args.prompt
+        content.append({"type": "text", "text": text})
+    return content
+
+
 def run_generate(args):
     from .generate import Done, stream
     from .loading import load
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+    messages = [{"role": "user", "content": user_content(args)}]
     if args.system:
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": args.system}]})
     model = load(args.model)

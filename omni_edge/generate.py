@@ -75,20 +75,25 @@ def generate_step(
     logits_processors=(),
     cache=None,
     prefill_step_size: int = PREFILL_STEP,
+    input_embeddings: Optional[mx.array] = None,
 ) -> Iterator[int]:
-    """Yield Thinker tokens after `prompt_ids`. The next step is queued (`mx.async_eval`)
-    before the current token is handed to Python, so the GPU never waits on the caller."""
+    """Yield Thinker tokens after `prompt_ids` (whose embeddings may be given, [L, H], when
+    the prompt holds audio). The next step is queued (`mx.async_eval`) before the current
+    token is handed to Python, so the GPU never waits on the caller."""
     thinker = model.thinker
     cache = cache if cache is not None else thinker.make_cache()
     sampler = sampler or (lambda logprobs: mx.argmax(logprobs, axis=-1))
     prompt = mx.array(prompt_ids, dtype=mx.uint32)
+    embeds = input_embeddings
     tokens = prompt
 
-    def step(ids: mx.array) -> mx.array:
+    def forward(ids: mx.array, emb: Optional[mx.array]) -> mx.array:
+        return thinker.model(emb[None] if emb is not None else thinker.embed(ids[None]), cache)
+
+    def step(ids: mx.array, emb: Optional[mx.array] = None) -> mx.array:
         nonlocal tokens
         with mx.stream(GENERATION_STREAM):
-            hidden = thinker.model(thinker.embed(ids[None]), cache)
-            logits = thinker.logits(hidden[:, -1, :])
+            logits = thinker.logits(forward(ids, emb)[:, -1, :])
             for processor in logits_processors:
                 logits = processor(tokens, logits)
             y = sampler(logits - mx.logsumexp(logits, keepdims=True))
@@ -98,11 +103,13 @@ def generate_step(
 
     with mx.stream(GENERATION_STREAM):
         while prompt.size > prefill_step_size:
-            thinker.model(thinker.embed(prompt[None, :prefill_step_size]), cache)
+            n = prefill_step_size
+            forward(prompt[:n], embeds[:n] if embeds is not None else None)
             mx.eval([c.state for c in cache])  # logits of prefill chunks are never computed
-            prompt = prompt[prefill_step_size:]
+            prompt = prompt[n:]
+            embeds = embeds[n:] if embeds is not None else None
             mx.clear_cache()
-    y = step(prompt)
+    y = step(prompt, embeds)
     mx.async_eval(y)
     for n in range(max_tokens):
         if n + 1 < max_tokens:
@@ -128,6 +135,29 @@ def fit_context(prompt_ids: List[int], max_tokens: int, context: int, truncate: 
     return prompt_ids[-keep:]
 
 
+def prepare_prompt(model, messages, max_tokens: int, context: int, truncate: bool):
+    """Prompt ids (and their embeddings when the prompt holds audio) fitted to the context."""
+    inputs = model.processor.prepare(messages)
+    prompt_ids = fit_context(inputs.input_ids, max_tokens, context, truncate)
+    if not inputs.audio_features:
+        return prompt_ids, None
+    features = [mx.array(f) for f in inputs.audio_features]
+    embeds = model.thinker.embed_multimodal(mx.array([inputs.input_ids]), features)[0]
+    return prompt_ids, embeds[len(inputs.input_ids) - len(prompt_ids):]
+
+
+def _stats(n_prompt: int, n_generated: int, start: float, first: float, end: float) -> GenerationStats:
+    decode_time = end - first
+    return GenerationStats(
+        prompt_tokens=n_prompt,
+        prompt_tps=n_prompt / max(first - start, 1e-9),
+        generation_tokens=n_generated,
+        generation_tps=(n_generated - 1) / decode_time if n_generated > 1 and decode_time > 0 else 0.0,
+        time_to_first_token=first - start,
+        peak_memory_gb=mx.get_peak_memory() / 1e9,
+    )
+
+
 def stream(
     model,
     messages,
@@ -143,34 +173,29 @@ def stream(
     truncate: bool = False,
     prefill_step_size: int = PREFILL_STEP,
 ) -> Iterator[Event]:
-    """Generate a reply to chat `messages`, yielding TextDelta events and a final Done."""
+    """Generate a reply to chat `messages`, yielding TextDelta events and a final Done.
+    Time to first token counts everything from the call: audio decoding and encoding too."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     if seed is not None:
         mx.random.seed(seed)
-    text_cfg = model.config.thinker_config.text_config
-    context = max_context or text_cfg.max_position_embeddings
-    prompt_ids = fit_context(model.processor.encode(messages), max_tokens, context, truncate)
-    max_tokens = min(max_tokens, context - len(prompt_ids))
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    context = max_context or model.config.thinker_config.text_config.max_position_embeddings
+    prompt_ids, embeds = prepare_prompt(model, messages, max_tokens, context, truncate)
     tokenizer = model.processor.tokenizer
     eos = set(tokenizer.eos_token_ids) | {model.config.thinker_config.eos_token_id}
     processors = [make_repetition_penalty(repetition_penalty)] if repetition_penalty != 1.0 else []
+    steps = generate_step(
+        model, prompt_ids, max_tokens=min(max_tokens, context - len(prompt_ids)),
+        logits_processors=processors, input_embeddings=embeds, prefill_step_size=prefill_step_size,
+        sampler=make_sampler(temperature, top_p=top_p, min_p=min_p, top_k=top_k),
+    )
     detokenizer = tokenizer.detokenizer
     detokenizer.reset()
-
-    mx.reset_peak_memory()
-    start = time.perf_counter()
-    first = None
-    token_ids: List[int] = []
-    finish = "length"
-    steps = generate_step(
-        model, prompt_ids, max_tokens=max_tokens, logits_processors=processors,
-        sampler=make_sampler(temperature, top_p=top_p, min_p=min_p, top_k=top_k),
-        prefill_step_size=prefill_step_size,
-    )
+    first, token_ids, finish = None, [], "length"
     for token in steps:
-        if first is None:
-            first = time.perf_counter()
+        first = first or time.perf_counter()
         if token in eos:
             finish = "stop"
             break
@@ -184,16 +209,7 @@ def stream(
     if segment:
         yield TextDelta(segment, token_ids[-1] if token_ids else -1)
     end = time.perf_counter()
-    first = first or end
-    decode_time = end - first
-    stats = GenerationStats(
-        prompt_tokens=len(prompt_ids),
-        prompt_tps=len(prompt_ids) / max(first - start, 1e-9),
-        generation_tokens=len(token_ids),
-        generation_tps=(len(token_ids) - 1) / decode_time if len(token_ids) > 1 and decode_time > 0 else 0.0,
-        time_to_first_token=first - start,
-        peak_memory_gb=mx.get_peak_memory() / 1e9,
-    )
+    stats = _stats(len(prompt_ids), len(token_ids), start, first or end, end)
     yield Done(detokenizer.text, token_ids, finish, stats)
 
 

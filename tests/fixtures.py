@@ -565,3 +565,30 @@ def reference_tokenizer(path):
     """transformers' tokenizer for a fixture dir (Qwen2Tokenizer over the stand-in files)."""
     return AutoTokenizer.from_pretrained(str(path))
 
+
+
+def reference_processor(path):
+    """transformers' Qwen2_5OmniProcessor for a fixture dir, without its video processor
+    (which needs torchvision, not installed here): text, audio and images go through the
+    reference code unchanged."""
+    from transformers import Qwen2_5OmniProcessor, Qwen2VLImageProcessor, WhisperFeatureExtractor
+    from transformers.processing_utils import ProcessorMixin
+
+    from omni_edge.demo.tokenizer import OMNI_CHAT_TEMPLATE
+
+    class NoVideoProcessor(Qwen2_5OmniProcessor):
+        attributes = ["image_processor", "feature_extractor", "tokenizer"]
+
+        def __init__(self, image_processor, feature_extractor, tokenizer, chat_template=None):
+            ProcessorMixin.__init__(self, image_processor, feature_extractor, tokenizer,
+                                    chat_template=chat_template)
+            self.video_processor = None
+            for name in ("image_token", "audio_token", "video_token", "vision_bos_token",
+                         "vision_eos_token", "audio_bos_token", "audio_eos_token"):
+                setattr(self, name, getattr(tokenizer, name, None))
+
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400, chunk_length=300,
+        padding_value=0.0, dither=0.0, return_attention_mask=True)
+    return NoVideoProcessor(Qwen2VLImageProcessor(), feature_extractor, reference_tokenizer(path),
+                            chat_template=OMNI_CHAT_TEMPLATE)

@@ -10,7 +10,7 @@ from .thinker import Thinker
 
 # Checkpoint prefixes of the parts this runtime builds; tensors under other prefixes
 # (components still to come) are converted and stored, but not loaded.
-IMPLEMENTED_PREFIXES = ("thinker.model.", "thinker.lm_head.")
+IMPLEMENTED_PREFIXES = ("thinker.model.", "thinker.lm_head.", "thinker.audio_tower.")
 
 # Quantizable component prefixes, in the order a key is matched against them.
 COMPONENTS = ("thinker.audio_tower", "thinker.visual", "thinker", "talker", "token2wav")

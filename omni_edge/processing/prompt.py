@@ -1,12 +1,16 @@
 """Chat messages → prompt token ids, with the Qwen2.5-Omni chat template."""
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Union
+
+import numpy as np
 
 from ..demo.tokenizer import OMNI_CHAT_TEMPLATE
 
 Messages = Union[str, List[Dict[str, Any]]]
+AUDIO_TOKEN_ID = 151646  # <|AUDIO|>
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "audio", "image", "video")
 # Speech output only works under this exact system prompt (the model was trained so).
@@ -53,12 +57,45 @@ def normalize_messages(messages: Messages) -> List[Dict[str, Any]]:
                 raise ValueError(
                     f"messages[{i}]['content'][{j}] has type {kind!r}; use one of {PART_TYPES}"
                 )
-            if kind != "text":
+            if kind in ("image", "video"):
                 raise NotImplementedError(
                     f"messages[{i}]['content'][{j}] is {kind} input, which this version of "
-                    "omni-edge does not read yet; send text parts only"
+                    "omni-edge does not read yet; send text and audio parts"
                 )
+            if kind != "text" and part.get(kind) is None:
+                raise ValueError(f"messages[{i}]['content'][{j}] has no '{kind}' value")
     return messages
+
+
+def media_parts(messages: List[Dict[str, Any]], kind: str) -> List[Dict[str, Any]]:
+    """The `kind` parts of all messages, in order of appearance (the template's order)."""
+    return [p for m in messages if isinstance(m["content"], list) for p in m["content"]
+            if p.get("type") == kind]
+
+
+@dataclass
+class PromptInputs:
+    """Everything the Thinker's prefill needs: token ids with each <|AUDIO|> expanded to its
+    token count, and the log-mel features of every audio clip in prompt order."""
+
+    input_ids: List[int]
+    audio_features: List[np.ndarray] = field(default_factory=list)
+
+
+def expand_placeholders(ids: List[int], token_id: int, counts: List[int], what: str) -> List[int]:
+    """Replace the i-th `token_id` with counts[i] copies of it."""
+    out, k = [], 0
+    for t in ids:
+        if t != token_id:
+            out.append(t)
+            continue
+        if k >= len(counts):
+            raise ValueError(f"the prompt text holds more {what} placeholders than {what} inputs")
+        out.extend([token_id] * counts[k])
+        k += 1
+    if k != len(counts):
+        raise ValueError(f"{len(counts)} {what} inputs but {k} placeholders in the prompt")
+    return out
 
 
 class Processor:
@@ -77,4 +114,14 @@ class Processor:
         )
 
     def encode(self, messages: Messages) -> List[int]:
-        return self.tokenizer.encode(self.render(messages), add_special_tokens=False)
+        return self.prepare(messages).input_ids
+
+    def prepare(self, messages: Messages, audio_token_id: int = AUDIO_TOKEN_ID) -> PromptInputs:
+        from .audio import feature_length_to_tokens, prepare_audio
+
+        messages = normalize_messages(messages)
+        ids = self.tokenizer.encode(self.render(messages), add_special_tokens=False)
+        features = [prepare_audio(p["audio"], p.get("sampling_rate"))[0]
+                    for p in media_parts(messages, "audio")]
+        counts = [feature_length_to_tokens(f.shape[-1]) for f in features]
+        return PromptInputs(expand_placeholders(ids, audio_token_id, counts, "audio"), features)
