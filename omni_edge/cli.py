@@ -46,6 +46,14 @@ def _add_generate(sub):
     p.add_argument("--audio", "-a", action="append", default=[], metavar="FILE",
                    help="an audio file (wav, flac, ogg, mp3) sent before the text; repeatable")
     p.add_argument("--system", help="system prompt (default: the chat template's)")
+    p.add_argument("--speak", metavar="OUT.wav", help="also speak the reply into this 24 kHz wav")
+    p.add_argument("--voice", default="Chelsie", help="voice for --speak (see the model's speakers)")
+    p.add_argument("--talker-temp", type=float, default=0.9, help="Talker temperature (0 = greedy)")
+    p.add_argument("--talker-top-k", type=int, default=40)
+    p.add_argument("--talker-top-p", type=float, default=0.8)
+    p.add_argument("--talker-repetition-penalty", type=float, default=1.05)
+    p.add_argument("--max-codec-tokens", type=int, default=4096,
+                   help="bound on the speech length (50 codec tokens per second)")
     _add_generation_options(p)
     p.set_defaults(func=run_generate)
 
@@ -100,12 +108,40 @@ def run_generate(args):
     if args.system:
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": args.system}]})
     model = load(args.model)
-    for event in stream(model, messages, **generation_kwargs(args)):
-        if isinstance(event, Done):
+    kwargs = generation_kwargs(args)
+    if args.speak:
+        kwargs.update(speak=True, voice=args.voice, talker_temperature=args.talker_temp,
+                      talker_top_k=args.talker_top_k, talker_top_p=args.talker_top_p,
+                      talker_repetition_penalty=args.talker_repetition_penalty,
+                      max_codec_tokens=args.max_codec_tokens)
+    audio = []
+    for event in stream(model, messages, **kwargs):
+        if event.type == "text":
+            print(event.text, end="", flush=True)
+        elif event.type == "audio":
+            audio.append(event.audio)
+        else:
             print()
             print_stats(event.stats)
-        else:
-            print(event.text, end="", flush=True)
+    if args.speak:
+        write_wav(args.speak, audio, event.stats)
+
+
+def write_wav(path: str, chunks: list, stats):
+    """Write the speech next to its final name first, so a failure leaves no partial file."""
+    import os
+
+    import numpy as np
+    import soundfile as sf
+
+    from .speech import SAMPLE_RATE
+
+    wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    tmp = f"{path}.partial"
+    sf.write(tmp, wav, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    os.replace(tmp, path)
+    print(f"Speech: {stats.codec_tokens} codec tokens at {stats.talker_tps:.1f} tokens-per-sec, "
+          f"{stats.audio_seconds:.2f} s of audio in {stats.speech_seconds:.2f} s -> {path}")
 
 
 def run_demo(args):

@@ -2,11 +2,16 @@
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, List, Optional, Union
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.sample_utils import make_sampler
+
+from .processing.prompt import normalize_messages
+from .speech import (SAMPLE_RATE, SpeechError, TalkerOptions, ThinkerTrace, talker_codes,
+                     with_speech_system_prompt)
 
 DEFAULT_MAX_TOKENS = 512
 PREFILL_STEP = 2048
@@ -22,6 +27,10 @@ class GenerationStats:
     generation_tps: float
     time_to_first_token: float
     peak_memory_gb: float
+    codec_tokens: int = 0
+    talker_tps: float = 0.0
+    audio_seconds: float = 0.0
+    speech_seconds: float = 0.0  # wall time of Talker + Token2Wav
 
 
 @dataclass(frozen=True)
@@ -32,15 +41,24 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class AudioChunk:
+    audio: np.ndarray  # float32 waveform at `sample_rate`
+    start_sample: int  # where this chunk starts in the utterance
+    sample_rate: int = SAMPLE_RATE
+    type: str = "audio"
+
+
+@dataclass(frozen=True)
 class Done:
     text: str
     token_ids: List[int]
     finish_reason: str  # "stop" (end-of-turn token) or "length"
     stats: GenerationStats
+    codec_ids: List[int] = field(default_factory=list)
     type: str = "done"
 
 
-Event = Union[TextDelta, Done]
+Event = Union[TextDelta, AudioChunk, Done]
 
 
 @dataclass(frozen=True)
@@ -49,7 +67,9 @@ class GenerationResult:
     token_ids: List[int]
     finish_reason: str
     stats: GenerationStats
-    prompt_ids: List[int] = field(default_factory=list)
+    codec_ids: List[int] = field(default_factory=list)
+    audio: Optional[np.ndarray] = None  # 24 kHz float32 when speech was asked
+    sample_rate: int = SAMPLE_RATE
 
 
 def make_repetition_penalty(penalty: float):
@@ -76,10 +96,14 @@ def generate_step(
     cache=None,
     prefill_step_size: int = PREFILL_STEP,
     input_embeddings: Optional[mx.array] = None,
+    capture: Optional[list] = None,
 ) -> Iterator[int]:
     """Yield Thinker tokens after `prompt_ids` (whose embeddings may be given, [L, H], when
     the prompt holds audio). The next step is queued (`mx.async_eval`) before the current
-    token is handed to Python, so the GPU never waits on the caller."""
+    token is handed to Python, so the GPU never waits on the caller.
+
+    With a `capture` list, each forward pass appends its (input embeddings, final normed
+    hidden states), [L, H] each: what the Talker reads, taken from the pass that made them."""
     thinker = model.thinker
     cache = cache if cache is not None else thinker.make_cache()
     sampler = sampler or (lambda logprobs: mx.argmax(logprobs, axis=-1))
@@ -88,7 +112,14 @@ def generate_step(
     tokens = prompt
 
     def forward(ids: mx.array, emb: Optional[mx.array]) -> mx.array:
-        return thinker.model(emb[None] if emb is not None else thinker.embed(ids[None]), cache)
+        h = emb[None] if emb is not None else thinker.embed(ids[None])
+        hidden = thinker.model(h, cache)
+        if capture is not None:
+            capture.append((h[0], hidden[0]))
+        return hidden
+
+    def captured() -> list:
+        return list(capture[-1]) if capture is not None else []
 
     def step(ids: mx.array, emb: Optional[mx.array] = None) -> mx.array:
         nonlocal tokens
@@ -105,16 +136,16 @@ def generate_step(
         while prompt.size > prefill_step_size:
             n = prefill_step_size
             forward(prompt[:n], embeds[:n] if embeds is not None else None)
-            mx.eval([c.state for c in cache])  # logits of prefill chunks are never computed
+            mx.eval([c.state for c in cache] + captured())  # prefill chunks' logits: never computed
             prompt = prompt[n:]
             embeds = embeds[n:] if embeds is not None else None
             mx.clear_cache()
     y = step(prompt, embeds)
-    mx.async_eval(y)
+    mx.async_eval(y, *captured())
     for n in range(max_tokens):
         if n + 1 < max_tokens:
             next_y = step(y)
-            mx.async_eval(next_y)
+            mx.async_eval(next_y, *captured())
         yield y.item()
         if n % CLEAR_CACHE_EVERY == CLEAR_CACHE_EVERY - 1:
             mx.clear_cache()
@@ -136,14 +167,26 @@ def fit_context(prompt_ids: List[int], max_tokens: int, context: int, truncate: 
 
 
 def prepare_prompt(model, messages, max_tokens: int, context: int, truncate: bool):
-    """Prompt ids (and their embeddings when the prompt holds audio) fitted to the context."""
+    """Prompt ids, their embeddings when the prompt holds audio (else None), and the
+    placeholder ids it holds, fitted to the context."""
     inputs = model.processor.prepare(messages)
     prompt_ids = fit_context(inputs.input_ids, max_tokens, context, truncate)
     if not inputs.audio_features:
-        return prompt_ids, None
+        return prompt_ids, None, ()
     features = [mx.array(f) for f in inputs.audio_features]
     embeds = model.thinker.embed_multimodal(mx.array([inputs.input_ids]), features)[0]
-    return prompt_ids, embeds[len(inputs.input_ids) - len(prompt_ids):]
+    return prompt_ids, embeds[len(inputs.input_ids) - len(prompt_ids):], (
+        model.config.thinker_config.audio_token_index,)
+
+
+def check_speech(model, voice: str) -> dict:
+    if getattr(model, "talker", None) is None:
+        raise SpeechError(
+            "this model has no Talker/Token2Wav (a thinker-only checkpoint, or converted with "
+            "enable_audio_output false), so it cannot speak; convert the full Qwen2.5-Omni repo")
+    if voice not in model.voices:
+        raise SpeechError(f"unknown voice {voice!r}; this model has: {', '.join(model.voices) or 'none'}")
+    return model.voices[voice]
 
 
 def _stats(n_prompt: int, n_generated: int, start: float, first: float, end: float) -> GenerationStats:
@@ -172,26 +215,63 @@ def stream(
     max_context: Optional[int] = None,
     truncate: bool = False,
     prefill_step_size: int = PREFILL_STEP,
+    speak: bool = False,
+    voice: str = "Chelsie",
+    talker_temperature: float = TalkerOptions.temperature,
+    talker_top_k: int = TalkerOptions.top_k,
+    talker_top_p: float = TalkerOptions.top_p,
+    talker_repetition_penalty: float = TalkerOptions.repetition_penalty,
+    max_codec_tokens: int = TalkerOptions.max_codec_tokens,
+    noise: Optional[mx.array] = None,
 ) -> Iterator[Event]:
-    """Generate a reply to chat `messages`, yielding TextDelta events and a final Done.
-    Time to first token counts everything from the call: audio decoding and encoding too."""
+    """Generate a reply to chat `messages`: TextDelta events, then (with `speak`) the speech as
+    an AudioChunk, then a final Done. `talker_*` options follow the reference's names and
+    defaults; `noise` ([2·codes, 80]) fixes Token2Wav's starting noise. Time to first token
+    counts everything from the call: audio decoding and encoding too."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    speaker = check_speech(model, voice) if speak else None
+    messages = with_speech_system_prompt(normalize_messages(messages)) if speak else messages
     if seed is not None:
         mx.random.seed(seed)
     mx.reset_peak_memory()
     start = time.perf_counter()
     context = max_context or model.config.thinker_config.text_config.max_position_embeddings
-    prompt_ids, embeds = prepare_prompt(model, messages, max_tokens, context, truncate)
-    tokenizer = model.processor.tokenizer
-    eos = set(tokenizer.eos_token_ids) | {model.config.thinker_config.eos_token_id}
+    prompt_ids, embeds, placeholders = prepare_prompt(model, messages, max_tokens, context, truncate)
+    eos = set(model.processor.tokenizer.eos_token_ids) | {model.config.thinker_config.eos_token_id}
     processors = [make_repetition_penalty(repetition_penalty)] if repetition_penalty != 1.0 else []
+    capture = [] if speak else None
     steps = generate_step(
         model, prompt_ids, max_tokens=min(max_tokens, context - len(prompt_ids)),
         logits_processors=processors, input_embeddings=embeds, prefill_step_size=prefill_step_size,
-        sampler=make_sampler(temperature, top_p=top_p, min_p=min_p, top_k=top_k),
+        sampler=make_sampler(temperature, top_p=top_p, min_p=min_p, top_k=top_k), capture=capture,
     )
-    detokenizer = tokenizer.detokenizer
+    text = yield from _text_events(model, steps, eos)
+    token_ids, finish, first, end = text
+    stats = _stats(len(prompt_ids), len(token_ids), start, first or end, end)
+    codes: List[int] = []
+    if speak:
+        reply = token_ids + ([model.config.thinker_config.eos_token_id] if finish == "stop" else [])
+        trace = ThinkerTrace(prompt_ids, mx.concatenate([e for e, _ in capture]),
+                             mx.concatenate([h for _, h in capture]), reply, placeholders)
+        opts = TalkerOptions(talker_temperature, talker_top_k, talker_top_p,
+                             talker_repetition_penalty, max_codec_tokens)
+        speech_start = time.perf_counter()
+        codes = list(talker_codes(model, trace, speaker, opts))
+        talker_time = time.perf_counter() - speech_start
+        wav = model.token2wav(codes, speaker, noise=noise) if codes else np.zeros(0, np.float32)
+        yield AudioChunk(np.asarray(wav, dtype=np.float32), 0)
+        stats = replace(stats, codec_tokens=len(codes), talker_tps=len(codes) / max(talker_time, 1e-9),
+                        audio_seconds=len(wav) / SAMPLE_RATE,
+                        speech_seconds=time.perf_counter() - speech_start,
+                        peak_memory_gb=mx.get_peak_memory() / 1e9)
+    yield Done(model.processor.tokenizer.decode(token_ids), token_ids, finish, stats, codes)
+
+
+def _text_events(model, steps, eos):
+    """Stream the Thinker's tokens as TextDelta events until an end-of-turn token; returns
+    (token ids, finish reason, time of the first token, end time)."""
+    detokenizer = model.processor.tokenizer.detokenizer
     detokenizer.reset()
     first, token_ids, finish = None, [], "length"
     for token in steps:
@@ -208,14 +288,17 @@ def stream(
     segment = detokenizer.last_segment
     if segment:
         yield TextDelta(segment, token_ids[-1] if token_ids else -1)
-    end = time.perf_counter()
-    stats = _stats(len(prompt_ids), len(token_ids), start, first or end, end)
-    yield Done(detokenizer.text, token_ids, finish, stats)
+    return token_ids, finish, first, time.perf_counter()
 
 
 def generate(model, messages, **kwargs) -> GenerationResult:
-    """Generate a whole reply; see `stream` for the options."""
+    """Generate a whole reply (and its speech with `speak=True`); see `stream` for the options."""
+    audio = []
     for event in stream(model, messages, **kwargs):
-        if isinstance(event, Done):
-            return GenerationResult(event.text, event.token_ids, event.finish_reason, event.stats)
+        if isinstance(event, AudioChunk):
+            audio.append(event.audio)
+        elif isinstance(event, Done):
+            wav = np.concatenate(audio) if audio else None
+            return GenerationResult(event.text, event.token_ids, event.finish_reason, event.stats,
+                                    event.codec_ids, wav)
     raise AssertionError("stream() ended without a Done event")

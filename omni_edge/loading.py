@@ -113,4 +113,6 @@ def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = Non
     model.processor = Processor(_quiet_tokenizer(model_dir), read_chat_template(model_dir))
     has_voices = (model_dir / "speakers.json").is_file()
     model.voices = Voices(load_converted_speakers(model_dir) if has_voices else {})
+    if config.has_speech:
+        model.token2wav.voices = model.voices
     return model

@@ -51,7 +51,7 @@ def reference_inputs(processor, messages):
 
 
 def ours_greedy(model, messages, n=GREEDY_TOKENS):
-    ids, embeds = prepare_prompt(model, messages, n, 32768, False)
+    ids, embeds, _ = prepare_prompt(model, messages, n, 32768, False)
     return list(generate_step(model, ids, max_tokens=n, input_embeddings=embeds))
 
 
@@ -92,7 +92,7 @@ def test_logits_match_for_an_audio_prompt(setup):
     inputs = reference_inputs(processor, messages)
     with torch.no_grad():
         ref_logits = ref(**inputs).logits[0].numpy()
-    ids, embeds = prepare_prompt(model, messages, 1, 32768, False)
+    ids, embeds, _ = prepare_prompt(model, messages, 1, 32768, False)
     ours = np.asarray(model.thinker(None, input_embeddings=embeds[None])[0])
     assert np.abs(ours - ref_logits).max() / np.abs(ref_logits).max() <= LOGITS_RTOL
 

@@ -6,11 +6,14 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import OmniConfig
+from .talker import Talker
 from .thinker import Thinker
+from .token2wav import Token2Wav
 
 # Checkpoint prefixes of the parts this runtime builds; tensors under other prefixes
 # (components still to come) are converted and stored, but not loaded.
-IMPLEMENTED_PREFIXES = ("thinker.model.", "thinker.lm_head.", "thinker.audio_tower.")
+IMPLEMENTED_PREFIXES = ("thinker.model.", "thinker.lm_head.", "thinker.audio_tower.", "talker.",
+                        "token2wav.")
 
 # Quantizable component prefixes, in the order a key is matched against them.
 COMPONENTS = ("thinker.audio_tower", "thinker.visual", "thinker", "talker", "token2wav")
@@ -23,6 +26,9 @@ class OmniModel(nn.Module):
         super().__init__()
         self.config = config
         self.thinker = Thinker(config.thinker_config)
+        if config.has_speech:
+            self.talker = Talker(config.talker_config)
+            self.token2wav = Token2Wav(config.token2wav_config)
 
     @staticmethod
     def component(key: str) -> str:
