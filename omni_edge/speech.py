@@ -29,6 +29,7 @@ class TalkerOptions:
     top_p: float = TALKER_TOP_P
     repetition_penalty: float = TALKER_REPETITION_PENALTY
     max_codec_tokens: int = MAX_CODEC_TOKENS
+    min_codec_tokens: int = 0  # the end codes are never sampled before this many codes
 
 
 @dataclass
@@ -79,11 +80,13 @@ def talker_inputs(thinker, talker_cfg, trace: ThinkerTrace, bos_token: int):
     return embeds, text_ids, codec_prompt, stream
 
 
-def make_talker_sampler(opts: TalkerOptions, suppress: int):
-    """Temperature, top-k, top-p in the reference's order, with `suppress` never sampled."""
+def make_talker_sampler(opts: TalkerOptions, suppress):
+    """Temperature, top-k, top-p in the reference's order; the ids in `suppress` are never sampled."""
+    suppress = mx.array(suppress if isinstance(suppress, (list, tuple)) else [suppress])
 
     def sample(logits: mx.array) -> mx.array:
-        logits = mx.where(mx.arange(logits.shape[-1]) == suppress, -mx.inf, logits)
+        banned = (mx.arange(logits.shape[-1])[:, None] == suppress[None]).any(axis=-1)
+        logits = mx.where(banned, -mx.inf, logits)
         if opts.temperature == 0:
             return mx.argmax(logits, axis=-1)
         logits = logits / opts.temperature
@@ -112,27 +115,28 @@ def talker_codes(model, trace: ThinkerTrace, voice: dict, opts: TalkerOptions) -
     codec = talker.embed_codes(mx.array([cfg.tts_codec_pad_token_id, cfg.tts_codec_start_token_id]))
     embeds = mx.concatenate([embeds[:-2], embeds[-2:] + codec], axis=0)
     cache = talker.make_cache()
-    sample = make_talker_sampler(opts, cfg.tts_codec_start_token_id)
+    stops = (cfg.tts_codec_pad_token_id, cfg.tts_codec_end_token_id)
+    samplers = (make_talker_sampler(opts, [cfg.tts_codec_start_token_id, *stops]),
+                make_talker_sampler(opts, cfg.tts_codec_start_token_id))
     penalty = make_repetition_penalty(opts.repetition_penalty) if opts.repetition_penalty != 1 else None
     history = mx.array(codec_prompt)
-    stops = (cfg.tts_codec_pad_token_id, cfg.tts_codec_end_token_id)
     table = model.config.token2wav_config.dit_config.num_embeds + 1
 
-    def step(x: mx.array) -> mx.array:
+    def step(x: mx.array, j: int) -> mx.array:
         nonlocal history
         with mx.stream(GENERATION_STREAM):
             logits = talker(x[None], cache)[:, -1, :]
             if penalty is not None:
                 logits = penalty(history, logits)
-            code = sample(logits)
+            code = samplers[j >= opts.min_codec_tokens](logits)
             history = mx.concatenate([history, code])
             return code
 
-    code = step(embeds)
+    code = step(embeds, 0)
     mx.async_eval(code)
     for j in range(opts.max_codec_tokens):
         part = reply_stream[min(j, reply_stream.shape[0] - 1)]
-        nxt = step(talker.embed_codes(code) + part[None]) if j + 1 < opts.max_codec_tokens else None
+        nxt = step(talker.embed_codes(code) + part[None], j + 1) if j + 1 < opts.max_codec_tokens else None
         if nxt is not None:
             mx.async_eval(nxt)
         value = code.item()
