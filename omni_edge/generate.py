@@ -10,8 +10,7 @@ import numpy as np
 from mlx_lm.sample_utils import make_sampler
 
 from .processing.prompt import normalize_messages
-from .speech import (SAMPLE_RATE, SpeechError, TalkerOptions, ThinkerTrace, talker_codes,
-                     with_speech_system_prompt)
+from .speech import SAMPLE_RATE, SpeechError, TalkerOptions, with_speech_system_prompt
 
 DEFAULT_MAX_TOKENS = 512
 PREFILL_STEP = 2048
@@ -30,7 +29,9 @@ class GenerationStats:
     codec_tokens: int = 0
     talker_tps: float = 0.0
     audio_seconds: float = 0.0
-    speech_seconds: float = 0.0  # wall time of Talker + Token2Wav
+    speech_seconds: float = 0.0  # wall time from the first codec token to the last audio
+    time_to_first_audio: float = 0.0  # from the call to the first audio chunk
+    real_time_factor: float = 0.0  # the turn's wall time / seconds of speech
 
 
 @dataclass(frozen=True)
@@ -224,10 +225,13 @@ def stream(
     max_codec_tokens: int = TalkerOptions.max_codec_tokens,
     noise: Optional[mx.array] = None,
 ) -> Iterator[Event]:
-    """Generate a reply to chat `messages`: TextDelta events, then (with `speak`) the speech as
-    an AudioChunk, then a final Done. `talker_*` options follow the reference's names and
-    defaults; `noise` ([2·codes, 80]) fixes Token2Wav's starting noise. Time to first token
-    counts everything from the call: audio decoding and encoding too."""
+    """Generate a reply to chat `messages`, yielding events in order: TextDelta as the text
+    comes and, with `speak`, AudioChunk (24 kHz float32 with its start sample) as the speech
+    comes: the Talker runs alongside the Thinker and Token2Wav renders window by window, so
+    audio starts while the text is still being written. A final Done carries the stats (time
+    to first token and audio, real-time factor, Thinker and Talker tok/s, peak memory).
+    `talker_*` options follow the reference's names and defaults; `noise` ([2·codes, 80]) fixes
+    Token2Wav's starting noise. Times count from the call: audio decoding and encoding too."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     speaker = check_speech(model, voice) if speak else None
@@ -240,55 +244,98 @@ def stream(
     prompt_ids, embeds, placeholders = prepare_prompt(model, messages, max_tokens, context, truncate)
     eos = set(model.processor.tokenizer.eos_token_ids) | {model.config.thinker_config.eos_token_id}
     processors = [make_repetition_penalty(repetition_penalty)] if repetition_penalty != 1.0 else []
+    n_tokens = min(max_tokens, context - len(prompt_ids))
     capture = [] if speak else None
     steps = generate_step(
-        model, prompt_ids, max_tokens=min(max_tokens, context - len(prompt_ids)),
+        model, prompt_ids, max_tokens=n_tokens,
         logits_processors=processors, input_embeddings=embeds, prefill_step_size=prefill_step_size,
         sampler=make_sampler(temperature, top_p=top_p, min_p=min_p, top_k=top_k), capture=capture,
     )
-    text = yield from _text_events(model, steps, eos)
-    token_ids, finish, first, end = text
-    stats = _stats(len(prompt_ids), len(token_ids), start, first or end, end)
-    codes: List[int] = []
-    if speak:
-        reply = token_ids + ([model.config.thinker_config.eos_token_id] if finish == "stop" else [])
-        trace = ThinkerTrace(prompt_ids, mx.concatenate([e for e, _ in capture]),
-                             mx.concatenate([h for _, h in capture]), reply, placeholders)
-        opts = TalkerOptions(talker_temperature, talker_top_k, talker_top_p,
-                             talker_repetition_penalty, max_codec_tokens)
-        speech_start = time.perf_counter()
-        codes = list(talker_codes(model, trace, speaker, opts))
-        talker_time = time.perf_counter() - speech_start
-        wav = model.token2wav(codes, speaker, noise=noise) if codes else np.zeros(0, np.float32)
-        yield AudioChunk(np.asarray(wav, dtype=np.float32), 0)
-        stats = replace(stats, codec_tokens=len(codes), talker_tps=len(codes) / max(talker_time, 1e-9),
-                        audio_seconds=len(wav) / SAMPLE_RATE,
-                        speech_seconds=time.perf_counter() - speech_start,
-                        peak_memory_gb=mx.get_peak_memory() / 1e9)
-    yield Done(model.processor.tokenizer.decode(token_ids), token_ids, finish, stats, codes)
+    text = _Text(model.processor.tokenizer)
+    if not speak:
+        for token in steps:
+            if token in eos:
+                text.finish_reason = "stop"
+                break
+            yield from text.add(token)
+        yield from text.flush()
+        stats = _stats(len(prompt_ids), len(text.ids), start, text.first or text.end, text.end)
+        yield Done(text.decoded(), text.ids, text.finish_reason, stats)
+        return
+    opts = TalkerOptions(talker_temperature, talker_top_k, talker_top_p,
+                         talker_repetition_penalty, max_codec_tokens)
+    yield from _speak(model, steps, capture, eos, text, prompt_ids, placeholders, speaker, opts,
+                      n_tokens, noise, start)
 
 
-def _text_events(model, steps, eos):
-    """Stream the Thinker's tokens as TextDelta events until an end-of-turn token; returns
-    (token ids, finish reason, time of the first token, end time)."""
-    detokenizer = model.processor.tokenizer.detokenizer
-    detokenizer.reset()
-    first, token_ids, finish = None, [], "length"
-    for token in steps:
-        first = first or time.perf_counter()
-        if token in eos:
-            finish = "stop"
-            break
-        token_ids.append(token)
-        detokenizer.add_token(token)
-        segment = detokenizer.last_segment  # reading it consumes it
+class _Text:
+    """The reply's token ids and their streamed text."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.finish_reason = tokenizer, [], "length"
+        self.detokenizer = tokenizer.detokenizer
+        self.detokenizer.reset()
+        self.first = self.end = None
+
+    def add(self, token: int) -> Iterator[TextDelta]:
+        self.first = self.first or time.perf_counter()
+        self.ids.append(token)
+        self.detokenizer.add_token(token)
+        segment = self.detokenizer.last_segment  # reading it consumes it
         if segment:
             yield TextDelta(segment, token)
-    detokenizer.finalize()
-    segment = detokenizer.last_segment
-    if segment:
-        yield TextDelta(segment, token_ids[-1] if token_ids else -1)
-    return token_ids, finish, first, time.perf_counter()
+
+    def flush(self) -> Iterator[TextDelta]:
+        self.detokenizer.finalize()
+        self.end = time.perf_counter()
+        segment = self.detokenizer.last_segment
+        if segment:
+            yield TextDelta(segment, self.ids[-1] if self.ids else -1)
+
+    def decoded(self) -> str:
+        return self.tokenizer.decode(self.ids)
+
+
+def _speak(model, steps, capture, eos, text, prompt_ids, placeholders, speaker, opts, n_tokens,
+           noise, start) -> Iterator[Event]:
+    """Thinker and Talker in lockstep; codes become audio window by window as they come."""
+    from .pipeline import Lockstep
+    from .streaming import StreamingToken2Wav
+
+    lockstep = Lockstep(model, prompt_ids, placeholders, speaker, opts, n_tokens)
+    vocoder = StreamingToken2Wav(model.token2wav, speaker, noise=noise)
+    codes: List[int] = []
+    first_audio = first_code = None
+    samples = 0
+
+    def chunks(pieces):
+        nonlocal first_audio, samples
+        for audio, at in pieces:
+            first_audio = first_audio or time.perf_counter()
+            samples += len(audio)
+            yield AudioChunk(np.asarray(audio, dtype=np.float32), at)
+
+    for kind, value in lockstep.run(steps, capture, eos):
+        if kind == "text":
+            yield from text.add(value)
+        else:
+            first_code = first_code or time.perf_counter()
+            codes.append(value)
+            yield from chunks(vocoder.push([value]))
+    text.finish_reason = lockstep.finish_reason
+    yield from text.flush()
+    yield from chunks(vocoder.finish())
+    end = time.perf_counter()
+    stats = _stats(len(prompt_ids), len(text.ids), start, text.first or text.end, text.end)
+    audio_seconds = samples / SAMPLE_RATE
+    stats = replace(
+        stats, codec_tokens=len(codes),
+        talker_tps=(len(codes) - 1) / (end - first_code) if first_code and len(codes) > 1 else 0.0,
+        audio_seconds=audio_seconds, speech_seconds=end - (first_code or end),
+        time_to_first_audio=(first_audio or end) - start,
+        real_time_factor=(end - start) / audio_seconds if audio_seconds else 0.0,
+        peak_memory_gb=mx.get_peak_memory() / 1e9)
+    yield Done(text.decoded(), text.ids, text.finish_reason, stats, codes)
 
 
 def generate(model, messages, **kwargs) -> GenerationResult:

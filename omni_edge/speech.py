@@ -57,27 +57,39 @@ def with_speech_system_prompt(messages: list) -> list:
     return messages
 
 
+def hand_off(thinker, cfg, prompt_ids: List[int], embeds: mx.array, hidden: mx.array,
+             multimodal_ids: tuple, bos_token: int):
+    """The Talker's prefill from the Thinker rows of the prompt and of the first reply token
+    (P + 1 rows of input embedding and final hidden): embeddings [P+2, E] = [hidden + embedding
+    with multimodal embeddings zeroed, the voice's bos embedding, r1's state], and the codec
+    prompt ids (mask codes, then codec pad and bos; omni_spec §7.2)."""
+    P = len(prompt_ids)
+    ids = mx.array(prompt_ids)
+    keep = mx.ones((P,), dtype=mx.bool_)
+    for token in multimodal_ids:
+        keep = keep & (ids != token)
+    prefix = hidden[:P] + embeds[:P] * keep[:, None]
+    bos = thinker.embed(mx.array([bos_token]))
+    first = hidden[P : P + 1] + embeds[P : P + 1]
+    codec_prompt = [cfg.tts_codec_mask_token_id] * P + [cfg.tts_codec_pad_token_id,
+                                                         cfg.tts_codec_start_token_id]
+    return mx.concatenate([prefix, bos, first], axis=0), codec_prompt
+
+
 def talker_inputs(thinker, talker_cfg, trace: ThinkerTrace, bos_token: int):
-    """The reference hand-off (omni_spec §7.2): prefill embeddings [P+2, E], the Talker's text
-    ids (used for positions only), the codec prompt ids, and the reply stream [R, E]."""
+    """The whole hand-off of a finished Thinker turn: prefill embeddings [P+2, E], the
+    Talker's text ids (positions only), the codec prompt ids, and the reply stream [R, E]
+    (the later reply tokens' states, then `text_eos`, then `text_pad`)."""
     P = len(trace.prompt_ids)
     n_fed = len(trace.reply_ids) - 1
     if n_fed < 1:
         raise SpeechError("the text reply is empty, so there is nothing to speak")
-    ids = mx.array(trace.prompt_ids)
-    keep = mx.ones((P,), dtype=mx.bool_)
-    for token in trace.multimodal_ids:
-        keep = keep & (ids != token)
-    prefix = trace.hidden[:P] + trace.embeds[:P] * keep[:, None]
-    reply = trace.hidden[P : P + n_fed] + trace.embeds[P : P + n_fed]  # (N-1, E)
-    specials = thinker.embed(mx.array([bos_token, talker_cfg.tts_text_end_token_id,
-                                       talker_cfg.tts_text_pad_token_id]))
-    embeds = mx.concatenate([prefix, specials[:1], reply[:1]], axis=0)
-    stream = mx.concatenate([reply[1:], specials[1:]], axis=0)
-    codec_prompt = [talker_cfg.tts_codec_mask_token_id] * P + [
-        talker_cfg.tts_codec_pad_token_id, talker_cfg.tts_codec_start_token_id]
+    embeds, codec_prompt = hand_off(thinker, talker_cfg, trace.prompt_ids, trace.embeds,
+                                    trace.hidden, trace.multimodal_ids, bos_token)
+    reply = trace.hidden[P + 1 : P + n_fed] + trace.embeds[P + 1 : P + n_fed]
+    tail = thinker.embed(mx.array([talker_cfg.tts_text_end_token_id, talker_cfg.tts_text_pad_token_id]))
     text_ids = trace.prompt_ids + [bos_token, trace.reply_ids[0]]
-    return embeds, text_ids, codec_prompt, stream
+    return embeds, text_ids, codec_prompt, mx.concatenate([reply, tail], axis=0)
 
 
 def make_talker_sampler(opts: TalkerOptions, suppress):
@@ -105,44 +117,69 @@ def make_talker_sampler(opts: TalkerOptions, suppress):
     return sample
 
 
-def talker_codes(model, trace: ThinkerTrace, voice: dict, opts: TalkerOptions) -> Iterator[int]:
-    """Yield codec ids until the Talker ends the utterance (its end/pad code, not yielded)
-    or `opts.max_codec_tokens` are out."""
-    from .generate import GENERATION_STREAM, make_repetition_penalty
+class TalkerSession:
+    """One utterance of the Talker: its KV cache, the code history the repetition penalty
+    reads, and sampling. Steps return lazy codes, so a caller can queue the next step before
+    reading the previous code (the GPU never waits on Python)."""
 
-    talker, cfg = model.talker, model.talker.cfg
-    embeds, _, codec_prompt, reply_stream = talker_inputs(model.thinker, cfg, trace, voice["bos_token"])
-    codec = talker.embed_codes(mx.array([cfg.tts_codec_pad_token_id, cfg.tts_codec_start_token_id]))
-    embeds = mx.concatenate([embeds[:-2], embeds[-2:] + codec], axis=0)
-    cache = talker.make_cache()
-    stops = (cfg.tts_codec_pad_token_id, cfg.tts_codec_end_token_id)
-    samplers = (make_talker_sampler(opts, [cfg.tts_codec_start_token_id, *stops]),
-                make_talker_sampler(opts, cfg.tts_codec_start_token_id))
-    penalty = make_repetition_penalty(opts.repetition_penalty) if opts.repetition_penalty != 1 else None
-    history = mx.array(codec_prompt)
-    table = model.config.token2wav_config.dit_config.num_embeds + 1
+    def __init__(self, model, codec_prompt: List[int], opts: TalkerOptions):
+        from .generate import make_repetition_penalty
 
-    def step(x: mx.array, j: int) -> mx.array:
-        nonlocal history
+        self.talker, self.cfg, self.opts = model.talker, model.talker.cfg, opts
+        self.cache = self.talker.make_cache()
+        self.stops = (self.cfg.tts_codec_pad_token_id, self.cfg.tts_codec_end_token_id)
+        self.samplers = (make_talker_sampler(opts, [self.cfg.tts_codec_start_token_id, *self.stops]),
+                         make_talker_sampler(opts, self.cfg.tts_codec_start_token_id))
+        self.penalty = (make_repetition_penalty(opts.repetition_penalty)
+                        if opts.repetition_penalty != 1 else None)
+        self.history = mx.array(codec_prompt)
+        self.table = model.config.token2wav_config.dit_config.num_embeds + 1
+        self.steps = 0
+
+    def _next(self, x: mx.array) -> mx.array:
+        from .generate import GENERATION_STREAM
+
         with mx.stream(GENERATION_STREAM):
-            logits = talker(x[None], cache)[:, -1, :]
-            if penalty is not None:
-                logits = penalty(history, logits)
-            code = samplers[j >= opts.min_codec_tokens](logits)
-            history = mx.concatenate([history, code])
-            return code
+            logits = self.talker(x[None], self.cache)[:, -1, :]
+            if self.penalty is not None:
+                logits = self.penalty(self.history, logits)
+            code = self.samplers[self.steps >= self.opts.min_codec_tokens](logits)
+            self.history = mx.concatenate([self.history, code])
+        self.steps += 1
+        mx.async_eval(code)
+        return code
 
-    code = step(embeds, 0)
-    mx.async_eval(code)
+    def prefill(self, embeds: mx.array) -> mx.array:
+        """The first code from the hand-off embeddings [P+2, E] (codec pad/bos added here)."""
+        codec = self.talker.embed_codes(mx.array([self.cfg.tts_codec_pad_token_id,
+                                                  self.cfg.tts_codec_start_token_id]))
+        return self._next(mx.concatenate([embeds[:-2], embeds[-2:] + codec], axis=0))
+
+    def step(self, code: mx.array, part: mx.array) -> mx.array:
+        """The next code after `code`, reading one row [E] of the Thinker's reply stream."""
+        return self._next(self.talker.embed_codes(code) + part[None])
+
+    def is_stop(self, value: int) -> bool:
+        return value in self.stops
+
+    def spoken(self, value: int) -> int:
+        # Codes past the DiT's codebook (the Talker's vocabulary is larger) read as code 0,
+        # as vllm-omni does; the reference leaves them to index out of range.
+        return value if value < self.table else 0
+
+
+def talker_codes(model, trace: ThinkerTrace, voice: dict, opts: TalkerOptions) -> Iterator[int]:
+    """Yield codec ids for a finished Thinker turn until the Talker ends the utterance (its
+    end/pad code, not yielded) or `opts.max_codec_tokens` are out."""
+    embeds, _, codec_prompt, reply_stream = talker_inputs(
+        model.thinker, model.talker.cfg, trace, voice["bos_token"])
+    session = TalkerSession(model, codec_prompt, opts)
+    code = session.prefill(embeds)
     for j in range(opts.max_codec_tokens):
         part = reply_stream[min(j, reply_stream.shape[0] - 1)]
-        nxt = step(talker.embed_codes(code) + part[None], j + 1) if j + 1 < opts.max_codec_tokens else None
-        if nxt is not None:
-            mx.async_eval(nxt)
+        nxt = session.step(code, part) if j + 1 < opts.max_codec_tokens else None
         value = code.item()
-        if value in stops:
+        if session.is_stop(value):
             return
-        # Codes past the DiT's codebook (the talker vocabulary is larger) read as code 0,
-        # as vllm-omni does; the reference leaves them to index out of range.
-        yield value if value < table else 0
+        yield session.spoken(value)
         code = nxt

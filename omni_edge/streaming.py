@@ -1,0 +1,177 @@
+"""Streaming Token2Wav: codec ids arrive a few at a time, 24 kHz audio leaves in chunks.
+
+The reference's 50 Hz streaming code2wav (spec §8.8; Qwen's vLLM fork `Qwen2Code2wav.fast_forward`,
+vllm-omni `Qwen2_5OmniToken2WavModel.process_chunk`). Mel frames are cut into chunks of 3 DiT
+blocks (72 frames). Window i samples frames [chunk start − 48, chunk end + 24) from its slice of
+one shared noise buffer, with the same RK4/CFG sampler as the offline path; it only sees its
+window, so its mel differs slightly from an offline run near the window edges. The chunk's
+frames are then vocoded after the last 40 frames already vocoded; 20 frames (4800 samples) of
+audio are dropped on each inner side, because BigVGAN near an edge of its input has not seen the
+neighbours yet. Each window emits [chunk start − 20, chunk end − 20) frames of audio; the
+first starts at 0 and the last runs to the end, so every sample is emitted exactly once.
+"""
+
+from typing import List, Optional, Tuple
+
+import mlx.core as mx
+import numpy as np
+
+from .models.token2wav import GUIDANCE_SCALE, NUM_STEPS, Token2Wav
+
+CHUNK_BLOCKS = 3  # new mel frames per window: 3 DiT blocks (72 frames)
+PAST_BLOCKS = 2  # DiT context before a chunk: the look-back layers reach 2 blocks (48 frames)
+FUTURE_BLOCKS = 1  # and after it: the look-ahead layer reaches 1 block (24 frames)
+VOCODER_CONTEXT_FRAMES = 20  # audio this close to an inner edge of BigVGAN's input is redone
+MAX_FRAMES = 30000  # the reference's noise buffer: 300 s of mel at 100 frames/s
+DIT_CALLS_PER_STEP = 4  # RK4 (3/8 rule): four velocity evaluations per time interval
+MEL_REPEATS = 2  # the chunk rules are the reference's 50 Hz ones: 2 mel frames per code
+
+AudioChunk = Tuple[np.ndarray, int]  # (float32 samples, index of the first one)
+
+
+class StreamingToken2Wav:
+    """Chunked `Token2Wav` for one utterance: `push` codec ids as the Talker makes them, get back
+    the audio that is final; `finish` flushes the rest. The chunks tile the utterance: 480 samples
+    per code, `start_sample` contiguous. An utterance that fits the first window (≤ first chunk +
+    24 frames) is decoded in one shot and equals `Token2Wav(codes, voice, noise=noise[:N])`.
+
+    `noise` [frames, 80] is the starting point of every frame (drawn once when None);
+    `first_chunk_frames` (a multiple of the DiT block, 24) gives an earlier first chunk; every
+    window keeps its full context, so it costs one more window, not accuracy. Each window costs
+    `dit_calls_per_window` DiT calls (batch 2 with CFG)."""
+
+    def __init__(self, model: Token2Wav, voice, noise: Optional[mx.array] = None,
+                 steps: int = NUM_STEPS, guidance: float = GUIDANCE_SCALE,
+                 first_chunk_frames: Optional[int] = None, max_frames: int = MAX_FRAMES):
+        dit = model.code2wav_dit_model
+        if dit.cfg.repeats != MEL_REPEATS:
+            raise ValueError(f"streaming needs a 50 Hz codec ({MEL_REPEATS} mel frames per code); "
+                             f"this DiT repeats codes {dit.cfg.repeats}x")
+        if steps < 2:
+            raise ValueError(f"steps must be >= 2 (time points from 0 to 1), got {steps}")
+        self.model, self.steps, self.guidance = model, steps, guidance
+        spk = model.voice(voice)
+        self.voice = {"cond": mx.array(spk["cond"]), "ref_mel": mx.array(spk["ref_mel"])}
+        block = dit.cfg.block_size
+        self.chunk, self.past = CHUNK_BLOCKS * block, PAST_BLOCKS * block
+        self.future = FUTURE_BLOCKS * block
+        self.first_chunk = _first_chunk(first_chunk_frames, self.chunk, block)
+        self.hop = model.code2wav_bigvgan_model.samples_per_frame
+        self.table = dit.text_embed.codec_embed.weight.shape[0]
+        self.noise = _noise_buffer(noise, max_frames, dit.cfg.mel_dim)
+        self.codes: List[int] = []
+        self.window = 0  # the next window to run
+        self.tail = None  # the last 2 * VOCODER_CONTEXT_FRAMES mel frames vocoded [1, 80, ≤40]
+        self.emitted = 0  # samples emitted so far
+        self.dit_calls = 0
+        self.finished = False
+
+    @property
+    def dit_calls_per_window(self) -> int:
+        return DIT_CALLS_PER_STEP * (self.steps - 1)
+
+    @property
+    def frames(self) -> int:
+        return MEL_REPEATS * len(self.codes)
+
+    def chunk_start(self, i: int) -> int:
+        """The first mel frame of window i's chunk."""
+        return 0 if i == 0 else self.first_chunk + (i - 1) * self.chunk
+
+    def push(self, codes) -> List[AudioChunk]:
+        """Append codec ids; run every window whose chunk and future context are complete."""
+        self._check_open()
+        codes = [int(c) for c in codes]
+        if codes and (min(codes) < 0 or max(codes) >= self.table):
+            raise ValueError(f"codec ids must lie in [0, {self.table}), got min {min(codes)} and "
+                             f"max {max(codes)}; they index the DiT's codebook")
+        if self.frames + MEL_REPEATS * len(codes) > self.noise.shape[0]:
+            frames = self.noise.shape[0]
+            raise ValueError(f"the utterance outgrew the noise buffer ({frames} frames = "
+                             f"{frames // MEL_REPEATS} codes); pass a longer noise or max_frames")
+        self.codes.extend(codes)
+        out = []
+        # Strictly more frames than the window needs, as the reference: with exactly that many
+        # the utterance may end here, and then this window must be the final one.
+        while self.frames > self.chunk_start(self.window + 1) + self.future:
+            out.append(self._run_window(final=False))
+        return out
+
+    def finish(self) -> List[AudioChunk]:
+        """Flush: the final window keeps its tail; a short utterance is decoded in one shot."""
+        self._check_open()
+        self.finished = True
+        if not self.codes:
+            return []
+        if self.window == 0:
+            return [self._one_shot()]
+        return [self._run_window(final=True)]
+
+    def _one_shot(self) -> AudioChunk:
+        n = self.frames
+        audio = self.model(self.codes, self.voice, self.noise[:n], self.steps, self.guidance)
+        self.dit_calls += self.dit_calls_per_window
+        return self._emit(audio)
+
+    def _run_window(self, final: bool) -> AudioChunk:
+        start = self.chunk_start(self.window)
+        end = self.frames if final else self.chunk_start(self.window + 1)
+        lo, hi = max(0, start - self.past), min(end + self.future, self.frames)
+        mel = self._sample(lo, hi)[:, :, start - lo: end - lo]  # (1, mel_dim, end - start)
+        self.window += 1
+        return self._vocode(mel, final)
+
+    def _sample(self, lo: int, hi: int) -> mx.array:
+        """The DiT's mel [1, mel_dim, hi - lo] of frames [lo, hi), seeing only those frames."""
+        codes = mx.array(self.codes[lo // MEL_REPEATS: hi // MEL_REPEATS])
+        mel = self.model.sample_mel(codes, self.voice["cond"], self.voice["ref_mel"],
+                                    self.noise[lo:hi], self.steps, self.guidance)
+        self.dit_calls += self.dit_calls_per_window
+        return mel
+
+    def _vocode(self, mel: mx.array, final: bool) -> AudioChunk:
+        """Vocode the chunk after the previous tail; keep the audio no later window will redo."""
+        context = 0 if self.tail is None else self.tail.shape[2]
+        if self.tail is not None:
+            mel = mx.concatenate([self.tail, mel], axis=2)  # (1, mel_dim, context + chunk)
+        audio = self.model.code2wav_bigvgan_model(mel)[0]
+        self.tail = mel[:, :, -2 * VOCODER_CONTEXT_FRAMES:]
+        mx.eval(audio, self.tail)
+        first = max(0, context - VOCODER_CONTEXT_FRAMES) * self.hop
+        last = audio.shape[0] - (0 if final else VOCODER_CONTEXT_FRAMES * self.hop)
+        return self._emit(audio[first:last])
+
+    def _emit(self, audio: mx.array) -> AudioChunk:
+        chunk = (np.array(audio, dtype=np.float32), self.emitted)
+        self.emitted += chunk[0].shape[0]
+        return chunk
+
+    def _check_open(self):
+        if self.finished:
+            raise ValueError("this stream is finished; start a new StreamingToken2Wav for the "
+                             "next utterance")
+
+
+def _first_chunk(frames: Optional[int], default: int, block: int) -> int:
+    """Chunks must start on DiT block boundaries, or the windows' blocks would not line up with
+    the offline run's; and the first must outlast the vocoder overlap to emit anything."""
+    if frames is None:
+        return default
+    if frames <= 0 or frames % block or frames <= VOCODER_CONTEXT_FRAMES:
+        raise ValueError(f"first_chunk_frames must be a positive multiple of the DiT block "
+                         f"({block} frames), e.g. {block} or {default}; got {frames}")
+    return frames
+
+
+def _noise_buffer(noise, max_frames: int, mel_dim: int) -> mx.array:
+    """One starting noise for the whole utterance [frames, mel_dim], drawn once when None."""
+    if noise is None:
+        noise = mx.random.normal((max_frames, mel_dim))
+    noise = (noise if isinstance(noise, mx.array) else mx.array(noise)).astype(mx.float32)
+    if noise.ndim == 3 and noise.shape[0] == 1:
+        noise = noise[0]
+    if noise.ndim != 2 or noise.shape[1] != mel_dim:
+        raise ValueError(f"noise must be [frames, {mel_dim}] or [1, frames, {mel_dim}], "
+                         f"got {list(noise.shape)}")
+    mx.eval(noise)
+    return noise
