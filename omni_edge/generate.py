@@ -223,6 +223,7 @@ def stream(
     talker_top_p: float = TalkerOptions.top_p,
     talker_repetition_penalty: float = TalkerOptions.repetition_penalty,
     max_codec_tokens: int = TalkerOptions.max_codec_tokens,
+    min_codec_tokens: int = 0,
     noise: Optional[mx.array] = None,
 ) -> Iterator[Event]:
     """Generate a reply to chat `messages`, yielding events in order: TextDelta as the text
@@ -230,7 +231,8 @@ def stream(
     comes: the Talker runs alongside the Thinker and Token2Wav renders window by window, so
     audio starts while the text is still being written. A final Done carries the stats (time
     to first token and audio, real-time factor, Thinker and Talker tok/s, peak memory).
-    `talker_*` options follow the reference's names and defaults; `noise` ([2·codes, 80]) fixes
+    `talker_*` options follow the reference's names and defaults; `min_codec_tokens` keeps the
+    Talker from ending the speech sooner (benchmarks force lengths so); `noise` ([2·codes, 80]) fixes
     Token2Wav's starting noise. Times count from the call: audio decoding and encoding too."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
@@ -263,7 +265,7 @@ def stream(
         yield Done(text.decoded(), text.ids, text.finish_reason, stats)
         return
     opts = TalkerOptions(talker_temperature, talker_top_k, talker_top_p,
-                         talker_repetition_penalty, max_codec_tokens)
+                         talker_repetition_penalty, max_codec_tokens, min_codec_tokens)
     yield from _speak(model, steps, capture, eos, text, prompt_ids, placeholders, speaker, opts,
                       n_tokens, noise, start)
 
