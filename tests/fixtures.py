@@ -592,3 +592,14 @@ def reference_processor(path):
         padding_value=0.0, dither=0.0, return_attention_mask=True)
     return NoVideoProcessor(Qwen2VLImageProcessor(), feature_extractor, reference_tokenizer(path),
                             chat_template=OMNI_CHAT_TEMPLATE)
+
+
+def converted_weights(model_dir, prefix: str) -> dict:
+    """The tensors under `prefix` in a converted model directory, with the prefix stripped
+    (what one component's `load_weights(strict=True)` takes)."""
+    import mlx.core as mx
+
+    weights = {}
+    for shard in sorted(Path(model_dir).glob("model-*.safetensors")):
+        weights.update({k[len(prefix):]: v for k, v in mx.load(str(shard)).items() if k.startswith(prefix)})
+    return weights

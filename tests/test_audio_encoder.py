@@ -9,7 +9,7 @@ from mlx.utils import tree_flatten
 
 torch = pytest.importorskip("torch")
 
-from fixtures import load_reference_thinker  # noqa: E402
+from fixtures import converted_weights, load_reference_thinker  # noqa: E402
 
 from omni_edge.config import OmniConfig  # noqa: E402
 from omni_edge.convert.mlx import convert  # noqa: E402
@@ -34,10 +34,7 @@ CASES = {
 def setup(fixture_dir, tmp_path_factory):
     """(converted audio-tower weights without the prefix, audio config, reference audio tower)."""
     out = convert(str(fixture_dir), str(tmp_path_factory.mktemp("conv") / "fp32"), dtype="float32")
-    weights = {}
-    for shard in sorted(Path(out).glob("model-*.safetensors")):
-        weights.update({k[len(PREFIX):]: v for k, v in mx.load(str(shard)).items()
-                        if k.startswith(PREFIX)})
+    weights = converted_weights(out, PREFIX)
     cfg = OmniConfig.from_file(Path(out) / "config.json").thinker_config.audio_config
     return weights, cfg, load_reference_thinker(fixture_dir).model.audio_tower
 

@@ -10,7 +10,7 @@ from mlx.utils import tree_flatten
 
 torch = pytest.importorskip("torch")
 
-from fixtures import load_reference_model  # noqa: E402
+from fixtures import converted_weights, load_reference_model  # noqa: E402
 
 from omni_edge.config import OmniConfig  # noqa: E402
 from omni_edge.convert.mlx import convert  # noqa: E402
@@ -29,10 +29,7 @@ SAMPLES_PER_FRAME = 240
 def setup(fixture_dir, tmp_path_factory):
     """(converted vocoder weights without the prefix, BigVGAN config, reference vocoder)."""
     out = convert(str(fixture_dir), str(tmp_path_factory.mktemp("conv") / "fp32"), dtype="float32")
-    weights = {}
-    for shard in sorted(Path(out).glob("model-*.safetensors")):
-        weights.update({k[len(PREFIX):]: v for k, v in mx.load(str(shard)).items()
-                        if k.startswith(PREFIX)})
+    weights = converted_weights(out, PREFIX)
     cfg = OmniConfig.from_file(Path(out) / "config.json").token2wav_config.bigvgan_config
     return weights, cfg, load_reference_model(fixture_dir).token2wav.code2wav_bigvgan_model
 

@@ -39,11 +39,9 @@ def rel(a, ref) -> float:
 
 
 def load_weights(model_dir: Path, prefix: str) -> dict:
-    weights = {}
-    for shard in sorted(model_dir.glob("model-*.safetensors")):
-        weights.update({k[len(prefix):]: v for k, v in mx.load(str(shard)).items()
-                        if k.startswith(prefix)})
-    return weights
+    from fixtures import converted_weights
+
+    return converted_weights(model_dir, prefix)
 
 
 def build_dit(case, dtype=mx.float32) -> DiT:
