@@ -19,7 +19,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 from mlx_lm.generate import generate_step as mlx_lm_generate_step
 from mlx_lm.models import qwen2
@@ -51,7 +50,7 @@ def talker_model(codes: int):
 
 
 def time_talker(model, trace, opts) -> float:
-    start, first, n = time.perf_counter(), None, 0
+    first, n = None, 0
     for _ in talker_codes(model, trace, {"bos_token": 1}, opts):
         n += 1
         first = first or time.perf_counter()

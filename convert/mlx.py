@@ -114,7 +114,7 @@ def _expected_shapes(config: OmniConfig) -> Dict[str, tuple]:
 
 
 def _convert_tensor(key: str, w: mx.array, *, dtype, bits, group_size) -> Dict[str, mx.array]:
-    w = OmniModel.sanitize({key: w})[key]
+    """Cast and maybe quantize one tensor already in MLX layout."""
     if mx.issubdtype(w.dtype, mx.floating):
         w = w.astype(mx.float32 if key.startswith("token2wav") else dtype)
     b = bits.get(OmniModel.component(key), 0) if bits else 0
@@ -194,7 +194,8 @@ def _write_weights(src, out, config, *, dtype, bits, group_size, converted, max_
                 writer.add(key, w)
                 seen.add(key)
                 continue
-            shape = tuple(OmniModel.sanitize({key: w})[key].shape)
+            w = OmniModel.sanitize({key: w})[key]
+            shape = tuple(w.shape)
             if key in expected and shape != expected[key]:
                 raise CheckpointError(
                     f"tensor {key} in {path.name} has shape {shape} but config.json implies "

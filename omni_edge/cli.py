@@ -101,7 +101,7 @@ def user_content(args) -> list:
 
 
 def run_generate(args):
-    from .generate import Done, stream
+    from .generate import stream
     from .loading import load
 
     messages = [{"role": "user", "content": user_content(args)}]

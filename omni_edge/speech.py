@@ -2,14 +2,13 @@
 
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 import mlx.core as mx
 
 from .processing.prompt import SPEECH_SYSTEM_PROMPT
 
 SAMPLE_RATE = 24000
-SAMPLES_PER_CODE = 480
 MAX_CODEC_TOKENS = 4096
 # The reference's talker generation defaults (Qwen2_5OmniForConditionalGeneration.generate).
 TALKER_TEMPERATURE = 0.9

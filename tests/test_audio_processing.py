@@ -9,7 +9,6 @@ import io
 import math
 import shutil
 import subprocess
-import warnings
 
 import numpy as np
 import pytest

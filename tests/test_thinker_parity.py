@@ -11,7 +11,6 @@ torch = pytest.importorskip("torch")
 from fixtures import load_reference_thinker, reference_tokenizer  # noqa: E402
 
 from omni_edge import load  # noqa: E402
-from omni_edge.config import ThinkerConfig  # noqa: E402
 from omni_edge.convert.mlx import convert  # noqa: E402
 from omni_edge.generate import generate_step  # noqa: E402
 from omni_edge.models.thinker import Thinker  # noqa: E402
