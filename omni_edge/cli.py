@@ -1,4 +1,4 @@
-"""The `omni-edge` command: convert, generate and demo, a thin layer over the Python API."""
+"""The `omni-edge` command: convert, generate, chat and demo, a thin layer over the Python API."""
 
 import argparse
 import sys
@@ -47,15 +47,40 @@ def _add_generate(sub):
                    help="an audio file (wav, flac, ogg, mp3) sent before the text; repeatable")
     p.add_argument("--system", help="system prompt (default: the chat template's)")
     p.add_argument("--speak", metavar="OUT.wav", help="also speak the reply into this 24 kHz wav")
-    p.add_argument("--voice", default="Chelsie", help="voice for --speak (see the model's speakers)")
+    _add_talker_options(p)
+    _add_generation_options(p)
+    p.set_defaults(func=run_generate)
+
+
+def _add_talker_options(p):
+    p.add_argument("--voice", default="Chelsie", help="voice of the speech (see the model's speakers)")
     p.add_argument("--talker-temp", type=float, default=0.9, help="Talker temperature (0 = greedy)")
     p.add_argument("--talker-top-k", type=int, default=40)
     p.add_argument("--talker-top-p", type=float, default=0.8)
     p.add_argument("--talker-repetition-penalty", type=float, default=1.05)
     p.add_argument("--max-codec-tokens", type=int, default=4096,
                    help="bound on the speech length (50 codec tokens per second)")
+    p.add_argument("--first-chunk-frames", type=int, default=None,
+                   help="mel frames (multiple of 24) in the first audio window; smaller starts "
+                        "the speech sooner (default: the reference's 72)")
+    p.add_argument("--token2wav-steps", type=int, default=10,
+                   help="ODE time points per audio window (10 = the reference; fewer is faster)")
+
+
+def _add_chat(sub):
+    p = sub.add_parser("chat", help="talk with the model: multi-turn, speaking as it streams",
+                       description="Type a message and press Enter. /audio FILE [text] sends an "
+                                   "audio file, /reset forgets the conversation, /quit (or "
+                                   "Ctrl-D) leaves; Ctrl-C stops the current reply.")
+    p.add_argument("--model", required=True, help="converted dir, HF dir or hub repo id")
+    p.add_argument("--system", help="system prompt (speech needs the default one)")
+    p.add_argument("--text-only", action="store_true", help="reply in text only, no speech")
+    p.add_argument("--no-play", action="store_true", help="don't play the speech (headless)")
+    p.add_argument("--save", metavar="OUT.wav", help="write all of the session's speech here")
+    p.add_argument("--jitter-ms", type=float, default=150, help="playback buffer before sound starts")
+    _add_talker_options(p)
     _add_generation_options(p)
-    p.set_defaults(func=run_generate)
+    p.set_defaults(func=run_chat)
 
 
 def _add_demo(sub):
@@ -113,7 +138,9 @@ def run_generate(args):
         kwargs.update(speak=True, voice=args.voice, talker_temperature=args.talker_temp,
                       talker_top_k=args.talker_top_k, talker_top_p=args.talker_top_p,
                       talker_repetition_penalty=args.talker_repetition_penalty,
-                      max_codec_tokens=args.max_codec_tokens)
+                      max_codec_tokens=args.max_codec_tokens,
+                      first_chunk_frames=args.first_chunk_frames,
+                      token2wav_steps=args.token2wav_steps)
     audio = []
     for event in stream(model, messages, **kwargs):
         if event.type == "text":
@@ -127,7 +154,7 @@ def run_generate(args):
         write_wav(args.speak, audio, event.stats)
 
 
-def write_wav(path: str, chunks: list, stats):
+def save_wav(path: str, chunks: list):
     """Write the speech next to its final name first, so a failure leaves no partial file."""
     import os
 
@@ -138,10 +165,24 @@ def write_wav(path: str, chunks: list, stats):
 
     wav = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     tmp = f"{path}.partial"
-    sf.write(tmp, wav, SAMPLE_RATE, format="WAV", subtype="FLOAT")
-    os.replace(tmp, path)
+    try:
+        sf.write(tmp, wav, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_wav(path: str, chunks: list, stats):
+    save_wav(path, chunks)
     print(f"Speech: {stats.codec_tokens} codec tokens at {stats.talker_tps:.1f} tokens-per-sec, "
           f"{stats.audio_seconds:.2f} s of audio in {stats.speech_seconds:.2f} s -> {path}")
+
+
+def run_chat(args):
+    from .chat_cli import chat
+
+    chat(args)
 
 
 def run_demo(args):
@@ -155,15 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
     _add_generate(sub)
+    _add_chat(sub)
     _add_demo(sub)
     return parser
 
 
 def main(argv=None):
+    from .playback import PlaybackError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError,
+            PlaybackError) as err:
         print(f"omni-edge {args.command}: error: {err}", file=sys.stderr)
         sys.exit(2)
 

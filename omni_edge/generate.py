@@ -10,6 +10,7 @@ import numpy as np
 from mlx_lm.sample_utils import make_sampler
 
 from .processing.prompt import normalize_messages
+from .models.token2wav import NUM_STEPS
 from .speech import SAMPLE_RATE, SpeechError, TalkerOptions, with_speech_system_prompt
 
 DEFAULT_MAX_TOKENS = 512
@@ -98,11 +99,18 @@ def generate_step(
     prefill_step_size: int = PREFILL_STEP,
     input_embeddings: Optional[mx.array] = None,
     capture: Optional[list] = None,
+    position_ids: Optional[np.ndarray] = None,
+    rope_delta: int = 0,
+    seen_ids: Optional[List[int]] = None,
 ) -> Iterator[int]:
     """Yield Thinker tokens after `prompt_ids` (whose embeddings may be given, [L, H], when
-    the prompt holds audio). The next step is queued (`mx.async_eval`) before the current
-    token is handed to Python, so the GPU never waits on the caller.
+    the prompt holds media), fed after whatever `cache` already holds. The next step is
+    queued (`mx.async_eval`) before the current token is handed to Python, so the GPU never
+    waits on the caller.
 
+    `position_ids` [3, L] are the prompt's TMRoPE positions when they are not sequential
+    (images, video); decoding then continues at cache offset + `rope_delta`. `seen_ids` are
+    the ids the repetition penalty reads besides the prompt (earlier turns).
     With a `capture` list, each forward pass appends its (input embeddings, final normed
     hidden states), [L, H] each: what the Talker reads, taken from the pass that made them."""
     thinker = model.thinker
@@ -110,11 +118,12 @@ def generate_step(
     sampler = sampler or (lambda logprobs: mx.argmax(logprobs, axis=-1))
     prompt = mx.array(prompt_ids, dtype=mx.uint32)
     embeds = input_embeddings
-    tokens = prompt
+    positions = mx.array(position_ids)[:, None] if position_ids is not None else None  # (3, 1, L)
+    tokens = mx.array(list(seen_ids or []) + list(prompt_ids), dtype=mx.uint32)
 
-    def forward(ids: mx.array, emb: Optional[mx.array]) -> mx.array:
+    def forward(ids: mx.array, emb: Optional[mx.array], pos=None) -> mx.array:
         h = emb[None] if emb is not None else thinker.embed(ids[None])
-        hidden = thinker.model(h, cache)
+        hidden = thinker.model(h, cache, pos, rope_delta)
         if capture is not None:
             capture.append((h[0], hidden[0]))
         return hidden
@@ -122,10 +131,10 @@ def generate_step(
     def captured() -> list:
         return list(capture[-1]) if capture is not None else []
 
-    def step(ids: mx.array, emb: Optional[mx.array] = None) -> mx.array:
+    def step(ids: mx.array, emb: Optional[mx.array] = None, pos=None) -> mx.array:
         nonlocal tokens
         with mx.stream(GENERATION_STREAM):
-            logits = thinker.logits(forward(ids, emb)[:, -1, :])
+            logits = thinker.logits(forward(ids, emb, pos)[:, -1, :])
             for processor in logits_processors:
                 logits = processor(tokens, logits)
             y = sampler(logits - mx.logsumexp(logits, keepdims=True))
@@ -136,12 +145,14 @@ def generate_step(
     with mx.stream(GENERATION_STREAM):
         while prompt.size > prefill_step_size:
             n = prefill_step_size
-            forward(prompt[:n], embeds[:n] if embeds is not None else None)
+            forward(prompt[:n], embeds[:n] if embeds is not None else None,
+                    positions[..., :n] if positions is not None else None)
             mx.eval([c.state for c in cache] + captured())  # prefill chunks' logits: never computed
             prompt = prompt[n:]
             embeds = embeds[n:] if embeds is not None else None
+            positions = positions[..., n:] if positions is not None else None
             mx.clear_cache()
-    y = step(prompt, embeds)
+    y = step(prompt, embeds, positions)
     mx.async_eval(y, *captured())
     for n in range(max_tokens):
         if n + 1 < max_tokens:
@@ -167,17 +178,52 @@ def fit_context(prompt_ids: List[int], max_tokens: int, context: int, truncate: 
     return prompt_ids[-keep:]
 
 
-def prepare_prompt(model, messages, max_tokens: int, context: int, truncate: bool):
-    """Prompt ids, their embeddings when the prompt holds audio (else None), and the
-    placeholder ids it holds, fitted to the context."""
+@dataclass
+class Prompt:
+    """A turn's Thinker input: `ids` is the whole context, of which the first `cached` are
+    already in the KV cache (earlier turns); `embeds` [L, H] are the input embeddings of the
+    rest when it holds media; `positions` [3, L] their TMRoPE positions when not sequential,
+    and `rope_delta` where decoding continues (next position minus cache offset)."""
+
+    ids: List[int]
+    embeds: Optional[mx.array] = None
+    placeholders: tuple = ()  # media placeholder ids, whose embeddings the Talker must not see
+    positions: Optional[np.ndarray] = None
+    rope_delta: int = 0
+    cached: int = 0
+    media: tuple = field(default=(), repr=False)
+
+    @property
+    def new_ids(self) -> List[int]:
+        return self.ids[self.cached:]
+
+
+def media_placeholders(model) -> tuple:
+    cfg = model.config.thinker_config
+    return (cfg.audio_token_index,)
+
+
+def embed_prompt(model, inputs, start: int = 0) -> Optional[mx.array]:
+    """Input embeddings [L - start, H] of `inputs.input_ids[start:]` with the media they hold
+    (the clips whose placeholder runs start there); None when that part is plain text."""
+    ids = inputs.input_ids[start:]
+    audio_id = model.config.thinker_config.audio_token_index
+    runs = sum(1 for i, t in enumerate(ids) if t == audio_id and (i == 0 or ids[i - 1] != t))
+    if not runs:
+        return None
+    features = [mx.array(f) for f in inputs.audio_features[len(inputs.audio_features) - runs:]]
+    return model.thinker.embed_multimodal(mx.array([ids]), features)[0]
+
+
+def prepare_prompt(model, messages, max_tokens: int, context: int, truncate: bool) -> Prompt:
+    """The prompt of `messages` fitted to the context, with its media embedded."""
     inputs = model.processor.prepare(messages)
     prompt_ids = fit_context(inputs.input_ids, max_tokens, context, truncate)
-    if not inputs.audio_features:
-        return prompt_ids, None, ()
-    features = [mx.array(f) for f in inputs.audio_features]
-    embeds = model.thinker.embed_multimodal(mx.array([inputs.input_ids]), features)[0]
-    return prompt_ids, embeds[len(inputs.input_ids) - len(prompt_ids):], (
-        model.config.thinker_config.audio_token_index,)
+    embeds = embed_prompt(model, inputs)
+    if embeds is None:
+        return Prompt(prompt_ids)
+    return Prompt(prompt_ids, embeds[len(inputs.input_ids) - len(prompt_ids):],
+                  media_placeholders(model))
 
 
 def check_speech(model, voice: str) -> dict:
@@ -225,6 +271,8 @@ def stream(
     max_codec_tokens: int = TalkerOptions.max_codec_tokens,
     min_codec_tokens: int = 0,
     noise: Optional[mx.array] = None,
+    first_chunk_frames: Optional[int] = None,
+    token2wav_steps: int = NUM_STEPS,
 ) -> Iterator[Event]:
     """Generate a reply to chat `messages`, yielding events in order: TextDelta as the text
     comes and, with `speak`, AudioChunk (24 kHz float32 with its start sample) as the speech
@@ -233,41 +281,102 @@ def stream(
     to first token and audio, real-time factor, Thinker and Talker tok/s, peak memory).
     `talker_*` options follow the reference's names and defaults; `min_codec_tokens` keeps the
     Talker from ending the speech sooner (benchmarks force lengths so); `noise` ([2·codes, 80]) fixes
-    Token2Wav's starting noise. Times count from the call: audio decoding and encoding too."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-    speaker = check_speech(model, voice) if speak else None
-    messages = with_speech_system_prompt(normalize_messages(messages)) if speak else messages
-    if seed is not None:
-        mx.random.seed(seed)
-    mx.reset_peak_memory()
-    start = time.perf_counter()
-    context = max_context or model.config.thinker_config.text_config.max_position_embeddings
-    prompt_ids, embeds, placeholders = prepare_prompt(model, messages, max_tokens, context, truncate)
-    eos = set(model.processor.tokenizer.eos_token_ids) | {model.config.thinker_config.eos_token_id}
-    processors = [make_repetition_penalty(repetition_penalty)] if repetition_penalty != 1.0 else []
-    n_tokens = min(max_tokens, context - len(prompt_ids))
-    capture = [] if speak else None
-    steps = generate_step(
-        model, prompt_ids, max_tokens=n_tokens,
-        logits_processors=processors, input_embeddings=embeds, prefill_step_size=prefill_step_size,
-        sampler=make_sampler(temperature, top_p=top_p, min_p=min_p, top_k=top_k), capture=capture,
-    )
-    text = _Text(model.processor.tokenizer)
-    if not speak:
-        for token in steps:
-            if token in eos:
-                text.finish_reason = "stop"
-                break
-            yield from text.add(token)
-        yield from text.flush()
-        stats = _stats(len(prompt_ids), len(text.ids), start, text.first or text.end, text.end)
-        yield Done(text.decoded(), text.ids, text.finish_reason, stats)
-        return
-    opts = TalkerOptions(talker_temperature, talker_top_k, talker_top_p,
-                         talker_repetition_penalty, max_codec_tokens, min_codec_tokens)
-    yield from _speak(model, steps, capture, eos, text, prompt_ids, placeholders, speaker, opts,
-                      n_tokens, noise, start)
+    Token2Wav's starting noise; `first_chunk_frames` (a multiple of 24 mel frames) makes the
+    first audio window smaller than the reference's 72 frames, for earlier audio;
+    `token2wav_steps` is the number of ODE time points (the reference's 10; fewer is faster
+    and drifts from it, see benchmarks/turn_speed.py). Times count from the call."""
+    turn = Turn(model, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed,
+                max_context, truncate, prefill_step_size, speak, voice,
+                TalkerOptions(talker_temperature, talker_top_k, talker_top_p,
+                              talker_repetition_penalty, max_codec_tokens, min_codec_tokens),
+                noise, first_chunk_frames, token2wav_steps)
+    messages = turn.messages(messages)
+    prompt = prepare_prompt(model, messages, max_tokens, turn.context, truncate)
+    yield from turn.run(prompt)
+
+
+@dataclass
+class Turn:
+    """One reply's options, and the loop that runs it: `run(prompt, cache, capture)` continues
+    a cache (and its captured Talker rows) when given one, for multi-turn chat."""
+
+    model: object
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: Optional[int] = None
+    max_context: Optional[int] = None
+    truncate: bool = False
+    prefill_step_size: int = PREFILL_STEP
+    speak: bool = False
+    voice: str = "Chelsie"
+    talker: TalkerOptions = field(default_factory=TalkerOptions)
+    noise: Optional[mx.array] = None
+    first_chunk_frames: Optional[int] = None
+    token2wav_steps: int = NUM_STEPS
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        self.speaker = check_speech(self.model, self.voice) if self.speak else None
+        self.start = time.perf_counter()
+        if self.seed is not None:
+            mx.random.seed(self.seed)
+        mx.reset_peak_memory()
+
+    @property
+    def context(self) -> int:
+        return self.max_context or self.model.config.thinker_config.text_config.max_position_embeddings
+
+    def messages(self, messages):
+        return with_speech_system_prompt(normalize_messages(messages)) if self.speak else messages
+
+    def run(self, prompt: Prompt, cache=None, capture: Optional[list] = None,
+            fed: Optional[list] = None) -> Iterator[Event]:
+        """The reply to `prompt`. Every token the Thinker yields is appended to `fed` (the
+        caller reads the cache offset to know how many of them the cache holds)."""
+        model = self.model
+        eos = set(model.processor.tokenizer.eos_token_ids) | {model.config.thinker_config.eos_token_id}
+        processors = ([make_repetition_penalty(self.repetition_penalty)]
+                      if self.repetition_penalty != 1.0 else [])
+        n_tokens = min(self.max_tokens, self.context - len(prompt.ids))
+        if n_tokens < 1:
+            raise ValueError(f"the conversation fills the context ({len(prompt.ids)} of "
+                             f"{self.context} tokens); start a new one or raise max_context")
+        capture = capture if capture is not None else ([] if self.speak else None)
+        steps = generate_step(
+            model, prompt.new_ids, max_tokens=n_tokens, cache=cache,
+            logits_processors=processors, input_embeddings=prompt.embeds,
+            prefill_step_size=self.prefill_step_size, capture=capture,
+            sampler=make_sampler(self.temperature, top_p=self.top_p, min_p=self.min_p,
+                                 top_k=self.top_k),
+            position_ids=prompt.positions, rope_delta=prompt.rope_delta,
+            seen_ids=prompt.ids[:prompt.cached],
+        )
+        if fed is not None:
+            steps = _recorded(steps, fed)
+        text = _Text(model.processor.tokenizer)
+        if not self.speak:
+            for token in steps:
+                if token in eos:
+                    text.finish_reason = "stop"
+                    break
+                yield from text.add(token)
+            yield from text.flush()
+            stats = _stats(len(prompt.new_ids), len(text.ids), self.start, text.first or text.end,
+                           text.end)
+            yield Done(text.decoded(), text.ids, text.finish_reason, stats)
+            return
+        yield from _speak(self, steps, capture, eos, text, prompt, n_tokens)
+
+
+def _recorded(steps: Iterator[int], sink: list) -> Iterator[int]:
+    for token in steps:
+        sink.append(token)
+        yield token
 
 
 class _Text:
@@ -298,14 +407,16 @@ class _Text:
         return self.tokenizer.decode(self.ids)
 
 
-def _speak(model, steps, capture, eos, text, prompt_ids, placeholders, speaker, opts, n_tokens,
-           noise, start) -> Iterator[Event]:
+def _speak(turn: Turn, steps, capture, eos, text, prompt: Prompt, n_tokens) -> Iterator[Event]:
     """Thinker and Talker in lockstep; codes become audio window by window as they come."""
     from .pipeline import Lockstep
     from .streaming import StreamingToken2Wav
 
-    lockstep = Lockstep(model, prompt_ids, placeholders, speaker, opts, n_tokens)
-    vocoder = StreamingToken2Wav(model.token2wav, speaker, noise=noise)
+    model = turn.model
+    lockstep = Lockstep(model, prompt.ids, prompt.placeholders, turn.speaker, turn.talker, n_tokens)
+    vocoder = StreamingToken2Wav(model.token2wav, turn.speaker, noise=turn.noise,
+                                 steps=turn.token2wav_steps,
+                                 first_chunk_frames=turn.first_chunk_frames)
     codes: List[int] = []
     first_audio = first_code = None
     samples = 0
@@ -328,7 +439,8 @@ def _speak(model, steps, capture, eos, text, prompt_ids, placeholders, speaker, 
     yield from text.flush()
     yield from chunks(vocoder.finish())
     end = time.perf_counter()
-    stats = _stats(len(prompt_ids), len(text.ids), start, text.first or text.end, text.end)
+    start = turn.start
+    stats = _stats(len(prompt.new_ids), len(text.ids), start, text.first or text.end, text.end)
     audio_seconds = samples / SAMPLE_RATE
     stats = replace(
         stats, codec_tokens=len(codes),

@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple
 import mlx.core as mx
 import numpy as np
 
+from .models.dit import MIN_GUIDANCE
 from .models.token2wav import GUIDANCE_SCALE, NUM_STEPS, Token2Wav
 
 CHUNK_BLOCKS = 3  # new mel frames per window: 3 DiT blocks (72 frames)
@@ -52,6 +53,8 @@ class StreamingToken2Wav:
         self.model, self.steps, self.guidance = model, steps, guidance
         spk = model.voice(voice)
         self.voice = {"cond": mx.array(spk["cond"]), "ref_mel": mx.array(spk["ref_mel"])}
+        self.speaker = dit.speaker_encoding(_batch(self.voice["ref_mel"]), guidance >= MIN_GUIDANCE)
+        mx.eval(self.speaker)  # the voice's ECAPA encoding, once per utterance
         block = dit.cfg.block_size
         self.chunk, self.past = CHUNK_BLOCKS * block, PAST_BLOCKS * block
         self.future = FUTURE_BLOCKS * block
@@ -125,7 +128,8 @@ class StreamingToken2Wav:
         """The DiT's mel [1, mel_dim, hi - lo] of frames [lo, hi), seeing only those frames."""
         codes = mx.array(self.codes[lo // MEL_REPEATS: hi // MEL_REPEATS])
         mel = self.model.sample_mel(codes, self.voice["cond"], self.voice["ref_mel"],
-                                    self.noise[lo:hi], self.steps, self.guidance)
+                                    self.noise[lo:hi], self.steps, self.guidance,
+                                    speaker=self.speaker, lazy=True)
         self.dit_calls += self.dit_calls_per_window
         return mel
 
@@ -150,6 +154,10 @@ class StreamingToken2Wav:
         if self.finished:
             raise ValueError("this stream is finished; start a new StreamingToken2Wav for the "
                              "next utterance")
+
+
+def _batch(ref_mel: mx.array) -> mx.array:
+    return ref_mel[None] if ref_mel.ndim == 2 else ref_mel
 
 
 def _first_chunk(frames: Optional[int], default: int, block: int) -> int:

@@ -51,7 +51,8 @@ def reference_inputs(processor, messages):
 
 
 def ours_greedy(model, messages, n=GREEDY_TOKENS):
-    ids, embeds, _ = prepare_prompt(model, messages, n, 32768, False)
+    prompt = prepare_prompt(model, messages, n, 32768, False)
+    ids, embeds = prompt.ids, prompt.embeds
     return list(generate_step(model, ids, max_tokens=n, input_embeddings=embeds))
 
 

@@ -23,7 +23,8 @@ def model(fixture_3b, tmp_path_factory):
 
 
 def offline_codes(model, messages, n_tokens, eos=()):
-    ids, embeds, ph = prepare_prompt(model, messages, n_tokens, 32768, False)
+    prompt = prepare_prompt(model, messages, n_tokens, 32768, False)
+    ids, embeds, ph = prompt.ids, prompt.embeds, prompt.placeholders
     capture = []
     reply = []
     for t in generate_step(model, ids, max_tokens=n_tokens, input_embeddings=embeds, capture=capture):
@@ -36,7 +37,8 @@ def offline_codes(model, messages, n_tokens, eos=()):
 
 
 def lockstep_codes(model, messages, n_tokens, eos=()):
-    ids, embeds, ph = prepare_prompt(model, messages, n_tokens, 32768, False)
+    prompt = prepare_prompt(model, messages, n_tokens, 32768, False)
+    ids, embeds, ph = prompt.ids, prompt.embeds, prompt.placeholders
     capture = []
     steps = generate_step(model, ids, max_tokens=n_tokens, input_embeddings=embeds, capture=capture)
     run = Lockstep(model, ids, ph, model.voices["Chelsie"], GREEDY, n_tokens)
@@ -53,7 +55,7 @@ def test_lockstep_codes_equal_offline_codes(model, n_tokens):
 
 def test_lockstep_with_an_end_of_turn_token(model):
     messages = with_speech_system_prompt(normalize_messages("Tell me about rivers."))
-    ids, _, _ = prepare_prompt(model, messages, 12, 32768, False)
+    ids = prepare_prompt(model, messages, 12, 32768, False).ids
     reply = list(generate_step(model, ids, max_tokens=12))
     eos = {reply[7]}  # pretend the 8th token ends the turn
     codes, run = lockstep_codes(model, messages, 12, eos)

@@ -44,7 +44,8 @@ def speech_messages(content):
 
 def trace_for(model, messages, n=THINKER_TOKENS):
     """Run our Thinker greedily for n tokens, capturing what the Talker reads."""
-    ids, embeds, placeholders = prepare_prompt(model, messages, n, 32768, False)
+    prompt = prepare_prompt(model, messages, n, 32768, False)
+    ids, embeds, placeholders = prompt.ids, prompt.embeds, prompt.placeholders
     capture = []
     reply = list(generate_step(model, ids, max_tokens=n, input_embeddings=embeds, capture=capture))
     return ThinkerTrace(ids, mx.concatenate([e for e, _ in capture]),

@@ -27,11 +27,14 @@ class Token2Wav(nn.Module):
 
     def sample_mel(self, codes, cond, ref_mel, noise: Optional[mx.array] = None,
                    steps: int = NUM_STEPS, guidance: float = GUIDANCE_SCALE,
-                   sway: float = SWAY_COEFFICIENT) -> mx.array:
+                   sway: float = SWAY_COEFFICIENT, speaker: Optional[mx.array] = None,
+                   lazy: bool = False) -> mx.array:
         """codes [M] or [1, M], the voice's x-vector `cond` [1, D] and reference mel
         `ref_mel` [1, T, 80] → mel [1, 80, 2M] (natural log). `noise` [2M, 80] or [1, 2M, 80]
-        fixes the starting point; by default it is drawn with `mx.random.normal`."""
-        return self.code2wav_dit_model.sample(codes, cond, ref_mel, noise, steps, guidance, sway)
+        fixes the starting point; by default it is drawn with `mx.random.normal`. `speaker`
+        and `lazy` as in `DiT.sample`."""
+        return self.code2wav_dit_model.sample(codes, cond, ref_mel, noise, steps, guidance, sway,
+                                              speaker, lazy)
 
     def __call__(self, codes, voice, noise: Optional[mx.array] = None,
                  steps: int = NUM_STEPS, guidance: float = GUIDANCE_SCALE) -> mx.array:

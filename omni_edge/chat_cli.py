@@ -1,0 +1,129 @@
+"""`omni-edge chat`: an interactive, multi-turn conversation that speaks while it streams."""
+
+import shlex
+import sys
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from .speech import SAMPLE_RATE, TalkerOptions
+
+TURN_GAP_S = 0.3  # silence between the turns' speech in the --save file
+HELP = ("Type a message and press Enter. /audio FILE [text] sends an audio file (with a "
+        "question), /reset forgets the conversation, /quit or Ctrl-D leaves; Ctrl-C stops a reply.")
+
+
+def parse_line(line: str):
+    """A typed line → ("quit" | "reset" | "help" | "skip", None) or ("send", content)."""
+    text = line.strip()
+    if not text:
+        return "skip", None
+    if not text.startswith("/"):
+        return "send", [{"type": "text", "text": text}]
+    word, _, rest = text.partition(" ")
+    if word in ("/quit", "/exit"):
+        return "quit", None
+    if word in ("/reset", "/help"):
+        return word[1:], None
+    if word == "/audio":
+        parts = shlex.split(rest)
+        if not parts:
+            raise ValueError("/audio needs a file: /audio question.wav [text]")
+        content = [{"type": "audio", "audio": parts[0]}]
+        if len(parts) > 1:
+            content.append({"type": "text", "text": " ".join(parts[1:])})
+        return "send", content
+    raise ValueError(f"unknown command {word}; {HELP}")
+
+
+def session_options(args) -> dict:
+    from .cli import generation_kwargs
+
+    options = generation_kwargs(args)
+    options.pop("truncate")  # a conversation that outgrows the context asks for /reset
+    if not args.text_only:
+        options.update(
+            speak=True, voice=args.voice, first_chunk_frames=args.first_chunk_frames,
+            token2wav_steps=args.token2wav_steps,
+            talker=TalkerOptions(args.talker_temp, args.talker_top_k, args.talker_top_p,
+                                 args.talker_repetition_penalty, args.max_codec_tokens))
+    return options
+
+
+def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = None):
+    """Run the conversation loop. `player_factory(sample_rate=...)` replaces the sound card
+    (tests); playback problems are reported before the model loads."""
+    from .chat import ChatSession
+    from .cli import save_wav
+    from .loading import load
+    from .playback import Player
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    play = not args.text_only and not args.no_play
+    player_factory = player_factory or Player
+    if play:
+        player_factory(sample_rate=SAMPLE_RATE).close()  # fail now, with the install hint
+    model = load(args.model)
+    session = ChatSession(model, system=args.system, **session_options(args))
+    speech: List[np.ndarray] = []
+    print(HELP, file=stdout)
+    try:
+        while True:
+            print("> ", end="", file=stdout, flush=True)
+            line = stdin.readline()
+            if not line:
+                break
+            try:
+                action, content = parse_line(line)
+            except ValueError as err:
+                print(f"error: {err}", file=stdout)
+                continue
+            if action == "quit":
+                break
+            if action == "reset":
+                session.reset()
+                print("(conversation cleared)", file=stdout)
+            elif action == "help":
+                print(HELP, file=stdout)
+            elif action == "send":
+                _turn(session, content, stdout, player_factory if play else None, speech)
+    finally:
+        if args.save:
+            save_wav(args.save, speech)
+            print(f"(speech saved to {args.save})", file=stdout)
+
+
+def _turn(session, content, stdout, player_factory, speech: list):
+    """One reply: text to stdout, audio to the player and the session's recording."""
+    player = player_factory(sample_rate=SAMPLE_RATE) if player_factory else None
+    events = session.send(content)
+    audio = []
+    interrupted = False
+    try:
+        for event in events:
+            if event.type == "text":
+                print(event.text, end="", flush=True, file=stdout)
+            elif event.type == "audio":
+                audio.append(event.audio)
+                if player is not None:
+                    player.write(event.audio)
+            else:
+                stats = event.stats
+                line = f"[{stats.generation_tokens} tokens, {stats.generation_tps:.1f} tok/s"
+                if stats.codec_tokens:
+                    line += (f"; {stats.audio_seconds:.1f} s of speech, first audio after "
+                             f"{stats.time_to_first_audio:.2f} s")
+                print(f"\n{line}]", file=stdout)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\n(stopped)", file=stdout)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"\nerror: {err}", file=stdout)
+    finally:
+        events.close()
+        if player is not None:
+            player.close(wait=not interrupted)
+    if audio:
+        if speech:
+            speech.append(np.zeros(int(TURN_GAP_S * SAMPLE_RATE), np.float32))
+        speech.extend(audio)
