@@ -93,7 +93,8 @@ def test_logits_match_for_an_audio_prompt(setup):
     inputs = reference_inputs(processor, messages)
     with torch.no_grad():
         ref_logits = ref(**inputs).logits[0].numpy()
-    ids, embeds, _ = prepare_prompt(model, messages, 1, 32768, False)
+    prompt = prepare_prompt(model, messages, 1, 32768, False)
+    ids, embeds = prompt.ids, prompt.embeds
     ours = np.asarray(model.thinker(None, input_embeddings=embeds[None])[0])
     assert np.abs(ours - ref_logits).max() / np.abs(ref_logits).max() <= LOGITS_RTOL
 
