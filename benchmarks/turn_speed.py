@@ -1,15 +1,26 @@
-"""One spoken turn end to end at full Qwen2.5-Omni-3B size (random weights, forced lengths).
+"""One spoken turn end to end at full Qwen2.5-Omni size (random weights, forced lengths).
 
-The brief's workload: a 10 s audio question, 128 reply tokens, 500 codec tokens (10 s of
-speech), streamed with `stream(..., speak=True)`. Prints time to first token and to first
-audio, the whole turn's time and real-time factor, Thinker and Talker tok/s and peak memory,
-and writes JSON. (transformers bf16 on an H100 takes 35.8 s for this turn and plays nothing
-until the end, per the project brief.)
+The workload: a 10 s audio question, 128 reply tokens, 500 codec tokens (10 s of speech),
+streamed with `stream(..., speak=True)` and a 4-bit Thinker. Each variant sets how Token2Wav
+renders the stream:
 
-    python benchmarks/turn_speed.py --out benchmarks/results/turn_h100.json
+- `reference`: the reference's windows (first chunk 72 frames), 10-point RK4, DiT in float32;
+- `fast`: a 24-frame first chunk and the DiT in bfloat16 (same ODE);
+- `fast6`: as `fast` with 6 ODE time points instead of 10.
+
+For each it prints time to first token and to first audio, the whole turn, the real-time
+factor, Thinker and Talker tok/s and peak memory, and what the variant does to the audio: the
+relative RMS difference between its streamed waveform and the offline float32 10-point
+Token2Wav of the same codes and noise (random weights: a measure of drift, not of quality).
+`--transformers` runs transformers' own `generate()` (bf16, Token2Wav in float32 as it
+insists) on the same prompt, lengths and speaker in the same run, for the ratio.
+
+    python benchmarks/turn_speed.py --size 3b --transformers --out benchmarks/results/turn_3b_h100.json
+    python benchmarks/turn_speed.py --summarize benchmarks/results/turn_*_h100.json
 """
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -26,83 +37,256 @@ from omni_edge.demo.tokenizer import OMNI_CHAT_TEMPLATE, write_standin_tokenizer
 from omni_edge.loading import Voices
 from omni_edge.models.omni import OmniModel
 from omni_edge.processing.prompt import Processor
+from omni_edge.speech import with_speech_system_prompt
 
 MROPE = {"type": "default", "mrope_section": [16, 24, 24]}
-CONFIG_3B = {  # omni_spec.md §2, in the published layout
-    "model_type": "qwen2_5_omni", "enable_audio_output": True,
-    "thinker_config": {
-        "text_config": {"vocab_size": 151936, "hidden_size": 2048, "intermediate_size": 11008,
-                        "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
-                        "rope_theta": 1e6, "rope_scaling": MROPE, "tie_word_embeddings": False},
-        "audio_config": {"output_dim": 2048},
-        "vision_config": {"hidden_size": 1280, "out_hidden_size": 2048},
-    },
-    "talker_config": {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
-                      "num_key_value_heads": 2, "head_dim": 64, "intermediate_size": 4864,
-                      "embedding_size": 2048, "rope_theta": 1e6,
-                      "rope_scaling": {"type": "default", "mrope_section": [16, 16, 0]}},
-    "token2wav_config": {"dit_config": {"dim": 1024, "depth": 22, "heads": 16},
-                         "bigvgan_config": {}},
+TINY_MROPE = {"type": "default", "mrope_section": [2, 3, 3]}
+SIZES = {  # omni_spec.md §2, in the published layout
+    "3b": dict(text=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008,
+                         num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2),
+               talker=dict(num_attention_heads=14, num_key_value_heads=2, head_dim=64,
+                           intermediate_size=4864, mrope=[16, 16, 0])),
+    "7b": dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                         num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4),
+               talker=dict(num_attention_heads=12, num_key_value_heads=4, head_dim=128,
+                           intermediate_size=18944, mrope=[16, 24, 24])),
+    "tiny": dict(text=dict(vocab_size=151936, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+                 talker=dict(num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                             intermediate_size=64, mrope=[4, 4, 0]),
+                 audio=dict(d_model=64, encoder_layers=2, encoder_attention_heads=2,
+                            encoder_ffn_dim=128),
+                 dit=dict(dim=64, depth=4, heads=2, look_ahead_layers=[1],
+                          look_backward_layers=[0, 2]),
+                 bigvgan=dict(upsample_initial_channel=64)),  # a smoke test of this script
 }
+VARIANTS = {
+    "reference": dict(first_chunk_frames=None, token2wav_steps=10, dit_dtype="float32"),
+    "fast": dict(first_chunk_frames=24, token2wav_steps=10, dit_dtype="bfloat16"),
+    "fast6": dict(first_chunk_frames=24, token2wav_steps=6, dit_dtype="bfloat16"),
+}
+SPEAKER_BOS = 151870
+THINKER_IDS = {  # as the published config.json writes them
+    "audio_token_index": 151646, "image_token_index": 151655, "video_token_index": 151656,
+    "audio_start_token_id": 151647, "audio_end_token_id": 151648,
+    "vision_start_token_id": 151652, "vision_end_token_id": 151653, "vision_token_id": 151654,
+    "bos_token_id": 151644, "eos_token_id": 151645, "pad_token_id": 151643,
+    "user_token_id": 872, "position_id_per_seconds": 25, "seconds_per_chunk": 2,
+}
+CLIP_SECONDS = 10
 
 
-def build(q_bits):
-    model = OmniModel(OmniConfig.from_dict(CONFIG_3B))
+def config(size: str) -> dict:
+    s = SIZES[size]
+    hidden = s["text"]["hidden_size"]
+    return {
+        "model_type": "qwen2_5_omni", "enable_audio_output": True,
+        "thinker_config": {
+            "text_config": {**s["text"], "rope_theta": 1e6,
+                            "rope_scaling": MROPE if size != "tiny" else TINY_MROPE,
+                            "tie_word_embeddings": False},
+            "audio_config": {"output_dim": hidden, **s.get("audio", {})},
+            "vision_config": {"hidden_size": 1280, "out_hidden_size": hidden},
+            **THINKER_IDS,
+        },
+        "talker_config": {
+            "hidden_size": 896 if size != "tiny" else 32,
+            "num_hidden_layers": 24 if size != "tiny" else 2, "embedding_size": hidden,
+            "rope_theta": 1e6, "rope_scaling": {"type": "default", "mrope_section": s["talker"]["mrope"]},
+            **{k: v for k, v in s["talker"].items() if k != "mrope"}},
+        "token2wav_config": {"dit_config": s.get("dit", {"dim": 1024, "depth": 22, "heads": 16}),
+                             "bigvgan_config": s.get("bigvgan", {})},
+    }
+
+
+def voice() -> dict:
+    rng = np.random.default_rng(0)
+    return {"cond": rng.standard_normal((1, 192)).astype(np.float32),
+            "ref_mel": (rng.standard_normal((1, 300, 80)) - 5).astype(np.float32),
+            "bos_token": SPEAKER_BOS}
+
+
+def processor() -> Processor:
+    tok_dir = Path(tempfile.mkdtemp())
+    write_standin_tokenizer(tok_dir)
+    return Processor(load_tokenizer(tok_dir), OMNI_CHAT_TEMPLATE)
+
+
+def build(size: str, q_bits: int) -> OmniModel:
+    model = OmniModel(OmniConfig.from_dict(config(size)))
     for part in (model.thinker, model.talker):
         part.set_dtype(mx.bfloat16)
     if q_bits:
         nn.quantize(model.thinker.model, group_size=64, bits=q_bits)
         nn.quantize(model.thinker.lm_head, group_size=64, bits=q_bits)
     mx.eval(model.parameters())
-    tok_dir = Path(tempfile.mkdtemp())
-    write_standin_tokenizer(tok_dir)
-    model.processor = Processor(load_tokenizer(tok_dir), OMNI_CHAT_TEMPLATE)
-    rng = np.random.default_rng(0)
-    voice = {"cond": rng.standard_normal((1, 192)).astype(np.float32),
-             "ref_mel": (rng.standard_normal((1, 300, 80)) - 5).astype(np.float32), "bos_token": 151870}
-    model.voices = Voices({"Chelsie": voice})
+    model.processor = processor()
+    model.voices = Voices({"Chelsie": voice()})
     model.token2wav.voices = model.voices
     return model
 
 
-def turn(model, clip, args):
-    messages = [{"role": "user", "content": [{"type": "audio", "audio": clip}]}]
+def messages(clip):
+    return [{"role": "user", "content": [{"type": "audio", "audio": clip}]}]
+
+
+def turn(model, clip, text_tokens: int, codes: int, variant: dict, noise) -> dict:
     start = time.perf_counter()
-    first_audio_event = None
-    for event in stream(model, messages, speak=True, max_tokens=args.text_tokens,
-                        max_codec_tokens=args.codes, min_codec_tokens=args.codes, seed=0):
-        if event.type == "audio" and first_audio_event is None:
-            first_audio_event = time.perf_counter() - start
+    audio = []
+    for event in stream(model, messages(clip), speak=True, max_tokens=text_tokens,
+                        max_codec_tokens=codes, min_codec_tokens=codes, seed=0, noise=noise,
+                        first_chunk_frames=variant["first_chunk_frames"],
+                        token2wav_steps=variant["token2wav_steps"]):
+        if event.type == "audio":
+            audio.append(event.audio)
         if event.type == "done":
             s = event.stats
             return {"total_s": time.perf_counter() - start, "ttft_s": s.time_to_first_token,
                     "ttfa_s": s.time_to_first_audio, "rtf": s.real_time_factor,
                     "thinker_tok_s": s.generation_tps, "talker_tok_s": s.talker_tps,
                     "text_tokens": s.generation_tokens, "codec_tokens": s.codec_tokens,
-                    "audio_s": s.audio_seconds, "peak_memory_gb": s.peak_memory_gb}
+                    "audio_s": s.audio_seconds, "peak_memory_gb": s.peak_memory_gb,
+                    "_codes": event.codec_ids, "_audio": np.concatenate(audio)}
+
+
+def drift(model, codes, noise, streamed: np.ndarray) -> float:
+    """Relative RMS difference from the offline float32 10-point Token2Wav of the same codes."""
+    t2w = model.token2wav
+    t2w.set_dtype(mx.float32)
+    offline = np.array(t2w(codes, "Chelsie", noise[:2 * len(codes)]))
+    return float(np.sqrt(np.mean((streamed - offline) ** 2) / np.mean(offline ** 2)))
+
+
+def run_ours(size: str, q_bits: int, variants, repeats: int, text_tokens: int, codes: int) -> list:
+    model = build(size, q_bits)
+    clip = (0.3 * np.sin(np.linspace(0, 8000, 16000 * CLIP_SECONDS))).astype(np.float32)
+    noise = mx.random.normal((30000, 80), key=mx.random.key(1))
+    rows = []
+    for name in variants:
+        v = VARIANTS[name]
+        model.token2wav.code2wav_dit_model.set_dtype(getattr(mx, v["dit_dtype"]))
+        turn(model, clip[:16000], 8, 60, v, noise)  # warm-up: compiles this variant's kernels
+        runs = [turn(model, clip, text_tokens, codes, v, noise) for _ in range(repeats)]
+        best = min(runs, key=lambda r: r["total_s"])
+        err = drift(model, best.pop("_codes"), noise, best.pop("_audio"))
+        for r in runs:
+            r.pop("_codes", None), r.pop("_audio", None)
+        rows.append({"size": size, "impl": "omni-edge", "variant": name, **v,
+                     "thinker": f"{q_bits}-bit" if q_bits else "bf16", **best,
+                     "audio_drift": err, "runs": runs})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "runs"}), flush=True)
+    del model
+    gc.collect()
+    mx.clear_cache()
+    return rows
+
+
+def run_transformers(size: str, text_tokens: int, codes: int) -> dict:
+    """transformers' Qwen2_5OmniForConditionalGeneration.generate on the same prompt."""
+    import torch
+    import transformers
+    from transformers import LogitsProcessor, LogitsProcessorList, Qwen2_5OmniConfig
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    class SpokenCodesOnly(LogitsProcessor):
+        """Random weights sample any of the Talker's 8448 ids; Token2Wav reads 8194."""
+
+        def __call__(self, input_ids, scores):
+            scores[:, 8193:] = -float("inf")
+            return scores
+
+    torch.manual_seed(0)
+    cfg = Qwen2_5OmniConfig(**config(size))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(dev):
+        model = Qwen2_5OmniForConditionalGeneration(cfg).to(torch.bfloat16).eval()
+    v = voice()
+    model.speaker_map = {"Chelsie": {"cond": torch.tensor(v["cond"][0]),
+                                     "ref_mel": torch.tensor(v["ref_mel"][0]),
+                                     "bos_token": SPEAKER_BOS}}
+    proc = processor()
+
+    def sync():
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    clip = (0.3 * np.sin(np.linspace(0, 8000, 16000 * CLIP_SECONDS))).astype(np.float32)
+
+    def once(seconds: int, n_text: int, n_codes: int) -> float:
+        inputs = proc.prepare(with_speech_system_prompt(messages(clip[:16000 * seconds])))
+        feats = torch.tensor(inputs.audio_features[0])[None].to(dev)
+        kwargs = dict(
+            input_ids=torch.tensor([inputs.input_ids]).to(dev), input_features=feats,
+            feature_attention_mask=torch.ones(feats.shape[0], feats.shape[2], dtype=torch.long).to(dev),
+            attention_mask=torch.ones(1, len(inputs.input_ids), dtype=torch.long).to(dev),
+            speaker="Chelsie", thinker_max_new_tokens=n_text, thinker_min_new_tokens=n_text,
+            talker_max_new_tokens=n_codes, talker_min_new_tokens=n_codes,
+            talker_logits_processor=LogitsProcessorList([SpokenCodesOnly()]))
+        sync()
+        start = time.perf_counter()
+        with torch.no_grad():
+            ids, wav = model.generate(**kwargs)
+        sync()
+        return (time.perf_counter() - start, ids.shape[1] - len(inputs.input_ids),
+                wav.numel() / 24000)
+
+    once(1, 8, 60)  # warm-up
+    total, n_text, audio_s = once(CLIP_SECONDS, text_tokens, codes)
+    row = {"size": size, "impl": f"transformers {transformers.__version__}", "variant": "bf16",
+           "total_s": total, "ttfa_s": total, "rtf": total / audio_s, "text_tokens": n_text,
+           "audio_s": audio_s}
+    print(json.dumps(row), flush=True)
+    model = None  # free the GPU memory before the next size
+    gc.collect()
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def summarize(paths):
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
+    device = {json.loads(Path(p).read_text())["device"] for p in paths}
+    print(f"device: {', '.join(sorted(device))}")
+    print(f"{'size':4} {'impl':22} {'variant':10} {'total s':>8} {'TTFA s':>7} {'RTF':>6} "
+          f"{'thinker':>8} {'talker':>7} {'drift':>6} {'vs tf':>6}")
+    for r in rows:
+        ref = next((x for x in rows if x["size"] == r["size"] and x["impl"].startswith("transformers")), None)
+        ratio = f"{ref['total_s'] / r['total_s']:.1f}x" if ref else "-"
+        print(f"{r['size']:4} {r['impl']:22} {r['variant']:10} {r['total_s']:8.2f} {r['ttfa_s']:7.2f} "
+              f"{r['rtf']:6.2f} {r.get('thinker_tok_s', 0):8.1f} {r.get('talker_tok_s', 0):7.1f} "
+              f"{r.get('audio_drift', float('nan')):6.3f} {ratio:>6}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="3b", choices=sorted(SIZES))
+    ap.add_argument("--variants", default="reference,fast,fast6")
     ap.add_argument("--text-tokens", type=int, default=128)
     ap.add_argument("--codes", type=int, default=500)
-    ap.add_argument("--q-bits", type=int, default=0, choices=[0, 4, 8], help="quantize the Thinker")
+    ap.add_argument("--q-bits", type=int, default=4, choices=[0, 4, 8], help="Thinker bits (0 = bf16)")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--transformers", action="store_true", help="also run transformers' generate()")
+    ap.add_argument("--skip-ours", action="store_true")
     ap.add_argument("--device-name", default=None)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--summarize", nargs="+", metavar="JSON")
     a = ap.parse_args()
-    clip = (0.3 * np.sin(np.linspace(0, 8000, 160000))).astype(np.float32)  # 10 s at 16 kHz
-    model = build(a.q_bits)
-    turn(model, clip[:16000], argparse.Namespace(text_tokens=8, codes=60))  # warm-up
-    runs = [turn(model, clip, a) for _ in range(a.repeats)]
-    best = min(runs, key=lambda r: r["total_s"])
+    if a.summarize:
+        return summarize(a.summarize)
+    rows = [] if a.skip_ours else run_ours(a.size, a.q_bits, a.variants.split(","), a.repeats,
+                                           a.text_tokens, a.codes)
+    if a.transformers:
+        try:
+            rows.append(run_transformers(a.size, a.text_tokens, a.codes))
+        except Exception as err:  # keep our rows when the reference can't run
+            print(f"transformers run failed: {type(err).__name__}: {err}", flush=True)
     device = a.device_name or str(mx.default_device())
-    print(f"device: {device}; thinker {'bf16' if not a.q_bits else f'{a.q_bits}-bit'}")
-    for k, v in best.items():
-        print(f"  {k:15} {v:.3f}" if isinstance(v, float) else f"  {k:15} {v}")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"device": device, "q_bits": a.q_bits, "runs": runs}, indent=2))
+        a.out.write_text(json.dumps({"device": device, "workload": {
+            "audio_in_s": CLIP_SECONDS, "text_tokens": a.text_tokens, "codec_tokens": a.codes},
+            "rows": rows}, indent=2))
+        summarize([a.out])
 
 
 if __name__ == "__main__":
