@@ -1,5 +1,5 @@
-"""Ask a question about an image. Image input is not implemented yet: until it is, this prints
-why and exits with status 2; it will work unchanged once images land."""
+"""Ask a question about an image (or, with --video, a video clip) and print the answer as it
+streams. Bad input (a missing or corrupt file) prints the reason and exits with status 2."""
 
 import argparse
 import sys
@@ -10,22 +10,29 @@ import omni_edge
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="converted dir, HF dir or hub repo id")
-    parser.add_argument("--image", required=True, help="the image file (jpg, png, ...)")
+    parser.add_argument("--image", help="the image file (jpg, png, ...)")
+    parser.add_argument("--video", help="or a video file (mp4, mov, webm, mkv)")
     parser.add_argument("--question", default="What is in this picture?")
     parser.add_argument("--max-tokens", type=int, default=256)
     args = parser.parse_args()
+    if bool(args.image) == bool(args.video):
+        parser.error("give one of --image FILE or --video FILE")
 
     print(f"Loading {args.model}")
     model = omni_edge.load(args.model)
-    print(f"Asking {args.question!r} about {args.image}")
-    messages = [{"role": "user", "content": [{"type": "image", "image": args.image},
+    kind, path = ("image", args.image) if args.image else ("video", args.video)
+    print(f"Asking {args.question!r} about {path}")
+    messages = [{"role": "user", "content": [{"type": kind, kind: path},
                                              {"type": "text", "text": args.question}]}]
     try:
-        result = omni_edge.generate(model, messages, max_tokens=args.max_tokens)
-    except NotImplementedError as e:
-        print(f"Image input is not available in this version of omni-edge: {e}", file=sys.stderr)
+        print("Answer: ", end="", flush=True)
+        for event in omni_edge.stream(model, messages, max_tokens=args.max_tokens):
+            if event.type == "text":
+                print(event.text, end="", flush=True)
+        print()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"\ncan't use {path}: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"Answer: {result.text}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ if not (Path(__file__).parent / "convert").is_dir() and (_CHECKOUT_CONVERT / "ml
     sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(sys.modules[_spec.name])
 
+from .chat import ChatSession  # noqa: E402
 from .generate import GenerationResult, generate, stream  # noqa: E402
 from .loading import load  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "stream", "GenerationResult", "__version__"]
+__all__ = ["load", "generate", "stream", "ChatSession", "GenerationResult", "__version__"]

@@ -5,7 +5,7 @@ from typing import Iterator, List, Optional
 
 import mlx.core as mx
 
-from .generate import Event, Prompt, Turn, embed_prompt, media_placeholders
+from .generate import Event, Prompt, Turn, embed_prompt, media_placeholders, prompt_positions
 
 
 class ChatSession:
@@ -50,8 +50,10 @@ class ChatSession:
                              f"the context of {turn.context}; reset it (/reset in the CLI)")
         keep = self._reusable(inputs.input_ids)
         self._trim(keep)
+        positions, delta = prompt_positions(self.model, inputs, keep)
         prompt = Prompt(inputs.input_ids, embed_prompt(self.model, inputs, keep),
-                        media_placeholders(self.model), cached=keep)
+                        media_placeholders(self.model), positions, delta, keep,
+                        inputs.media() if inputs.has_vision else {})
         capture = ([self.rows] if self.rows else []) if self.speak else None
         fed: List[int] = []
         try:
@@ -60,18 +62,24 @@ class ChatSession:
             self._remember(messages, prompt.ids, fed, capture)
 
     def _reusable(self, ids: List[int]) -> int:
-        """How many leading `ids` the cache already holds, backed off so a media run (whose
-        embeddings come from the encoder) is never split, and so at least one id is new."""
+        """How many leading `ids` the cache already holds, backed off so a medium (whose
+        embeddings come from an encoder) is never split, and so at least one id is new."""
         n = 0
         for a, b in zip(self.ids, ids):
             if a != b:
                 break
             n += 1
         n = min(n, len(ids) - 1)
-        placeholders = set(media_placeholders(self.model))
-        while 0 < n < len(ids) and ids[n] in placeholders and ids[n - 1] == ids[n]:
-            n -= 1
-        return n
+        cfg = self.model.config.thinker_config
+        closing = {cfg.audio_start_token_id: cfg.audio_end_token_id,
+                   cfg.vision_start_token_id: cfg.vision_end_token_id}
+        opened = None  # where the outermost medium still open at position n began
+        for i in range(n):
+            if opened is None and ids[i] in closing:
+                opened = i
+            elif opened is not None and ids[i] == closing[ids[opened]]:
+                opened = None
+        return opened if opened is not None else n
 
     def _trim(self, keep: int):
         drop = len(self.ids) - keep

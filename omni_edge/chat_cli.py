@@ -9,8 +9,10 @@ import numpy as np
 from .speech import SAMPLE_RATE, TalkerOptions
 
 TURN_GAP_S = 0.3  # silence between the turns' speech in the --save file
-HELP = ("Type a message and press Enter. /audio FILE [text] sends an audio file (with a "
-        "question), /reset forgets the conversation, /quit or Ctrl-D leaves; Ctrl-C stops a reply.")
+MEDIA_COMMANDS = {"/audio": "question.wav", "/image": "photo.jpg", "/video": "clip.mp4"}
+HELP = ("Type a message and press Enter. /audio FILE, /image FILE or /video FILE [+audio] send a "
+        "file (with an optional question; +audio also listens to the video's sound), /reset "
+        "forgets the conversation, /quit or Ctrl-D leaves; Ctrl-C stops a reply.")
 
 
 def parse_line(line: str):
@@ -25,11 +27,15 @@ def parse_line(line: str):
         return "quit", None
     if word in ("/reset", "/help"):
         return word[1:], None
-    if word == "/audio":
+    if word in MEDIA_COMMANDS:
+        kind = word[1:]
         parts = shlex.split(rest)
         if not parts:
-            raise ValueError("/audio needs a file: /audio question.wav [text]")
-        content = [{"type": "audio", "audio": parts[0]}]
+            raise ValueError(f"{word} needs a file: {word} {MEDIA_COMMANDS[word]} [text]")
+        content = [{"type": kind, kind: parts[0]}]
+        if kind == "video" and parts[0] and len(parts) > 1 and parts[1] == "+audio":
+            content[0]["use_audio_in_video"] = True
+            parts = parts[1:]
         if len(parts) > 1:
             content.append({"type": "text", "text": " ".join(parts[1:])})
         return "send", content

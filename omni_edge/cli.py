@@ -1,7 +1,10 @@
-"""The `omni-edge` command: convert, generate, chat and demo, a thin layer over the Python API."""
+"""The `omni-edge` command: convert (MLX, Core ML), generate, chat and demo, a thin layer over the
+Python API."""
 
 import argparse
 import sys
+
+from .convert.coreml.cli import add_parser as _add_convert_coreml
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -45,6 +48,12 @@ def _add_generate(sub):
     p.add_argument("--prompt", "-p", help="the user's text ('-' reads stdin)")
     p.add_argument("--audio", "-a", action="append", default=[], metavar="FILE",
                    help="an audio file (wav, flac, ogg, mp3) sent before the text; repeatable")
+    p.add_argument("--image", "-i", action="append", default=[], metavar="FILE",
+                   help="an image (jpg, png, webp, ...) sent before the text; repeatable")
+    p.add_argument("--video", "-v", action="append", default=[], metavar="FILE",
+                   help="a video (mp4, mov, webm, mkv) sent before the text; repeatable")
+    p.add_argument("--use-audio-in-video", action="store_true",
+                   help="also listen to each video's sound track")
     p.add_argument("--system", help="system prompt (default: the chat template's)")
     p.add_argument("--speak", metavar="OUT.wav", help="also speak the reply into this 24 kHz wav")
     _add_talker_options(p)
@@ -69,9 +78,9 @@ def _add_talker_options(p):
 
 def _add_chat(sub):
     p = sub.add_parser("chat", help="talk with the model: multi-turn, speaking as it streams",
-                       description="Type a message and press Enter. /audio FILE [text] sends an "
-                                   "audio file, /reset forgets the conversation, /quit (or "
-                                   "Ctrl-D) leaves; Ctrl-C stops the current reply.")
+                       description="Type a message and press Enter. /audio, /image or /video "
+                                   "FILE [text] sends a file, /reset forgets the conversation, "
+                                   "/quit (or Ctrl-D) leaves; Ctrl-C stops the current reply.")
     p.add_argument("--model", required=True, help="converted dir, HF dir or hub repo id")
     p.add_argument("--system", help="system prompt (speech needs the default one)")
     p.add_argument("--text-only", action="store_true", help="reply in text only, no speech")
@@ -116,9 +125,12 @@ def run_convert(args):
 
 
 def user_content(args) -> list:
-    if not args.prompt and not args.audio:
-        raise ValueError("give --prompt TEXT, --audio FILE, or both")
-    content = [{"type": "audio", "audio": path} for path in args.audio]
+    """Images, then videos, then audio clips, then the text, as one user message."""
+    if not (args.prompt or args.audio or args.image or args.video):
+        raise ValueError("give --prompt TEXT and/or media: --audio FILE, --image FILE, --video FILE")
+    content = [{"type": "image", "image": path} for path in args.image]
+    content += [{"type": "video", "video": path} for path in args.video]
+    content += [{"type": "audio", "audio": path} for path in args.audio]
     if args.prompt:
         text = sys.stdin.read() if args.prompt == "-" else args.prompt
         content.append({"type": "text", "text": text})
@@ -134,6 +146,7 @@ def run_generate(args):
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": args.system}]})
     model = load(args.model)
     kwargs = generation_kwargs(args)
+    kwargs["use_audio_in_video"] = args.use_audio_in_video
     if args.speak:
         kwargs.update(speak=True, voice=args.voice, talker_temperature=args.talker_temp,
                       talker_top_k=args.talker_top_k, talker_top_p=args.talker_top_p,
@@ -195,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omni-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
+    _add_convert_coreml(sub)
     _add_generate(sub)
     _add_chat(sub)
     _add_demo(sub)

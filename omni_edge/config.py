@@ -180,10 +180,12 @@ class TalkerConfig:
     image_token_index: int = 151655
     video_token_index: int = 151656
     vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
     audio_start_token_id: int = 151647
     audio_end_token_id: int = 151648
     position_id_per_seconds: int = 25
     seconds_per_chunk: int = 2
+    spatial_merge_size: int = 2
 
     def __post_init__(self):
         if self.head_dim is None:

@@ -3,13 +3,14 @@
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Iterator, List, Optional, Union
+from typing import Dict, Iterator, List, Optional, Union
 
 import mlx.core as mx
 import numpy as np
 from mlx_lm.sample_utils import make_sampler
 
 from .processing.prompt import normalize_messages
+from .processing.rope_index import rope_index
 from .models.token2wav import NUM_STEPS
 from .speech import SAMPLE_RATE, SpeechError, TalkerOptions, with_speech_system_prompt
 
@@ -191,7 +192,7 @@ class Prompt:
     positions: Optional[np.ndarray] = None
     rope_delta: int = 0
     cached: int = 0
-    media: tuple = field(default=(), repr=False)
+    media: dict = field(default_factory=dict, repr=False)  # rope_index's media, with vision
 
     @property
     def new_ids(self) -> List[int]:
@@ -200,30 +201,62 @@ class Prompt:
 
 def media_placeholders(model) -> tuple:
     cfg = model.config.thinker_config
-    return (cfg.audio_token_index,)
+    return (cfg.audio_token_index, cfg.image_token_index, cfg.video_token_index)
+
+
+def media_before(ids: List[int], cfg, start: int) -> Dict[str, int]:
+    """How many audio streams, images and videos begin before position `start` (each has one
+    <|audio_bos|> or one <|vision_bos|> followed by its placeholder or, for a video that uses
+    its audio, by <|audio_bos|>)."""
+    counts = {"audio": 0, "image": 0, "video": 0}
+    for i in range(min(start, len(ids))):
+        nxt = ids[i + 1] if i + 1 < len(ids) else None
+        if ids[i] == cfg.audio_start_token_id:
+            counts["audio"] += 1
+        elif ids[i] == cfg.vision_start_token_id and nxt is not None:
+            counts["image" if nxt == cfg.image_token_index else "video"] += 1
+    return counts
 
 
 def embed_prompt(model, inputs, start: int = 0) -> Optional[mx.array]:
-    """Input embeddings [L - start, H] of `inputs.input_ids[start:]` with the media they hold
-    (the clips whose placeholder runs start there); None when that part is plain text."""
+    """Input embeddings [L - start, H] of `inputs.input_ids[start:]` with the media that begin
+    there (`start` never falls inside a medium); None when that part is plain text."""
     ids = inputs.input_ids[start:]
-    audio_id = model.config.thinker_config.audio_token_index
-    runs = sum(1 for i, t in enumerate(ids) if t == audio_id and (i == 0 or ids[i - 1] != t))
-    if not runs:
+    before = media_before(inputs.input_ids, model.config.thinker_config, start)
+    audio = inputs.audio_features[before["audio"]:]
+    images = [(v.pixel_values, v.grid_thw) for v in inputs.images[before["image"]:]]
+    videos = [(v.pixel_values, v.grid_thw) for v in inputs.videos[before["video"]:]]
+    if not (audio or images or videos):
         return None
-    features = [mx.array(f) for f in inputs.audio_features[len(inputs.audio_features) - runs:]]
-    return model.thinker.embed_multimodal(mx.array([ids]), features)[0]
+    features = [mx.array(f) for f in audio]
+    return model.thinker.embed_multimodal(mx.array([ids]), features, images, videos)[0]
 
 
-def prepare_prompt(model, messages, max_tokens: int, context: int, truncate: bool) -> Prompt:
-    """The prompt of `messages` fitted to the context, with its media embedded."""
-    inputs = model.processor.prepare(messages)
+def prompt_positions(model, inputs, start: int = 0):
+    """TMRoPE positions [3, L - start] of the prompt from `start` and the rope delta, or
+    (None, 0) when they are sequential (no image or video)."""
+    if not inputs.has_vision:
+        return None, 0
+    positions, delta = rope_index(inputs.input_ids, model.config.thinker_config, **inputs.media())
+    return positions[:, start:], delta
+
+
+def prepare_prompt(model, messages, max_tokens: int, context: int, truncate: bool,
+                   use_audio_in_video: bool = False) -> Prompt:
+    """The prompt of `messages` fitted to the context, with its media embedded and its
+    positions laid out."""
+    inputs = model.processor.prepare(messages, use_audio_in_video=use_audio_in_video)
     prompt_ids = fit_context(inputs.input_ids, max_tokens, context, truncate)
+    drop = len(inputs.input_ids) - len(prompt_ids)
+    if drop and inputs.has_vision:
+        raise ValueError(f"the prompt ({len(inputs.input_ids)} tokens) does not fit the context of "
+                         f"{context}; with images or video it can't be truncated: use fewer or "
+                         "smaller ones (max_pixels) or a larger max_context")
     embeds = embed_prompt(model, inputs)
-    if embeds is None:
-        return Prompt(prompt_ids)
-    return Prompt(prompt_ids, embeds[len(inputs.input_ids) - len(prompt_ids):],
-                  media_placeholders(model))
+    positions, delta = prompt_positions(model, inputs)
+    return Prompt(prompt_ids, embeds[drop:] if embeds is not None else None,
+                  media_placeholders(model), positions, delta,
+                  media=inputs.media() if inputs.has_vision else {})
 
 
 def check_speech(model, voice: str) -> dict:
@@ -273,6 +306,7 @@ def stream(
     noise: Optional[mx.array] = None,
     first_chunk_frames: Optional[int] = None,
     token2wav_steps: int = NUM_STEPS,
+    use_audio_in_video: bool = False,
 ) -> Iterator[Event]:
     """Generate a reply to chat `messages`, yielding events in order: TextDelta as the text
     comes and, with `speak`, AudioChunk (24 kHz float32 with its start sample) as the speech
@@ -284,14 +318,16 @@ def stream(
     Token2Wav's starting noise; `first_chunk_frames` (a multiple of 24 mel frames) makes the
     first audio window smaller than the reference's 72 frames, for earlier audio;
     `token2wav_steps` is the number of ODE time points (the reference's 10; fewer is faster
-    and drifts from it, see benchmarks/turn_speed.py). Times count from the call."""
+    and drifts from it, see benchmarks/turn_speed.py); `use_audio_in_video` also reads each
+    video's sound track (a video part's own "use_audio_in_video" key overrides it). Times
+    count from the call."""
     turn = Turn(model, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed,
                 max_context, truncate, prefill_step_size, speak, voice,
                 TalkerOptions(talker_temperature, talker_top_k, talker_top_p,
                               talker_repetition_penalty, max_codec_tokens, min_codec_tokens),
                 noise, first_chunk_frames, token2wav_steps)
     messages = turn.messages(messages)
-    prompt = prepare_prompt(model, messages, max_tokens, turn.context, truncate)
+    prompt = prepare_prompt(model, messages, max_tokens, turn.context, truncate, use_audio_in_video)
     yield from turn.run(prompt)
 
 
@@ -413,7 +449,8 @@ def _speak(turn: Turn, steps, capture, eos, text, prompt: Prompt, n_tokens) -> I
     from .streaming import StreamingToken2Wav
 
     model = turn.model
-    lockstep = Lockstep(model, prompt.ids, prompt.placeholders, turn.speaker, turn.talker, n_tokens)
+    lockstep = Lockstep(model, prompt.ids, prompt.placeholders, turn.speaker, turn.talker, n_tokens,
+                        prompt.media)
     vocoder = StreamingToken2Wav(model.token2wav, turn.speaker, noise=turn.noise,
                                  steps=turn.token2wav_steps,
                                  first_chunk_frames=turn.first_chunk_frames)
@@ -437,6 +474,7 @@ def _speak(turn: Turn, steps, capture, eos, text, prompt: Prompt, n_tokens) -> I
             yield from chunks(vocoder.push([value]))
     text.finish_reason = lockstep.finish_reason
     yield from text.flush()
+    text.end = lockstep.text_done  # Thinker tok/s counts the reply, not the speech after it
     yield from chunks(vocoder.finish())
     end = time.perf_counter()
     start = turn.start

@@ -110,7 +110,8 @@ def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = Non
     load_weights(model, model_dir, raw)
     model.eval()
     model.path = model_dir
-    model.processor = Processor(_quiet_tokenizer(model_dir), read_chat_template(model_dir))
+    model.processor = Processor(_quiet_tokenizer(model_dir), read_chat_template(model_dir),
+                                model.config.thinker_config)
     has_voices = (model_dir / "speakers.json").is_file()
     model.voices = Voices(load_converted_speakers(model_dir) if has_voices else {})
     if config.has_speech:

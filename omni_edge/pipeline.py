@@ -6,11 +6,12 @@ step is followed by one Talker step. When the reply ends, the Talker reads `text
 `text_pad` until it ends the utterance (omni_spec §7.3). Codes are the same as a Talker run
 after the whole reply (`speech.talker_codes`)."""
 
+import time
 from typing import Iterator, List, Optional, Tuple
 
 import mlx.core as mx
 
-from .speech import SpeechError, TalkerOptions, TalkerSession, hand_off
+from .speech import SpeechError, TalkerOptions, TalkerSession, hand_off, talker_positions
 
 
 class Lockstep:
@@ -18,8 +19,9 @@ class Lockstep:
     yielding ("text", token) and ("code", code) items in order."""
 
     def __init__(self, model, prompt_ids: List[int], placeholders: tuple, voice: dict,
-                 opts: TalkerOptions, max_tokens: int):
+                 opts: TalkerOptions, max_tokens: int, media: Optional[dict] = None):
         self.model, self.prompt_ids, self.placeholders = model, prompt_ids, placeholders
+        self.media = media or {}  # rope_index's media lists when the prompt holds vision
         self.voice, self.opts, self.max_tokens = voice, opts, max_tokens
         cfg = model.talker.cfg
         self.tail = model.thinker.embed(mx.array([cfg.tts_text_end_token_id, cfg.tts_text_pad_token_id]))
@@ -33,7 +35,9 @@ class Lockstep:
         hidden = mx.concatenate([h for _, h in rows])
         prefill, codec_prompt = hand_off(self.model.thinker, self.model.talker.cfg, self.prompt_ids,
                                          embeds, hidden, self.placeholders, self.voice["bos_token"])
-        self.session = TalkerSession(self.model, codec_prompt, self.opts)
+        text_ids = self.prompt_ids + [self.voice["bos_token"], self.first_token]
+        positions, delta = talker_positions(self.model.talker.cfg, text_ids, self.media)
+        self.session = TalkerSession(self.model, codec_prompt, self.opts, positions, delta)
         self.pending = self.session.prefill(prefill)
         self.first_fed = len(rows)  # capture index of the pass that fed r2
 
@@ -61,12 +65,14 @@ class Lockstep:
             if k >= self.max_tokens:  # a length-limited reply's last token is never fed
                 continue
             if k == 1:
+                self.first_token = token
                 self._start(capture)
                 continue
             e, h = capture[self.first_fed + k - 2]
             code = self._advance((e + h)[-1])
             if code is not None:
                 yield "code", code
+        self.text_done = time.perf_counter()  # the Thinker's part ends; the Talker goes on
         if self.session is None:
             raise SpeechError("the text reply is empty, so there is nothing to speak")
         for j in range(self.opts.max_codec_tokens):

@@ -91,6 +91,16 @@ def talker_inputs(thinker, talker_cfg, trace: ThinkerTrace, bos_token: int):
     return embeds, text_ids, codec_prompt, mx.concatenate([reply, tail], axis=0)
 
 
+def talker_positions(talker_cfg, text_ids: List[int], media: dict):
+    """The Talker's TMRoPE positions over its text ids (the prompt, the voice's bos and the
+    first reply token) and its rope delta; (None, 0) when they are sequential (no vision)."""
+    if not media:
+        return None, 0
+    from .processing.rope_index import rope_index
+
+    return rope_index(text_ids, talker_cfg, **media)
+
+
 def make_talker_sampler(opts: TalkerOptions, suppress):
     """Temperature, top-k, top-p in the reference's order; the ids in `suppress` are never sampled."""
     suppress = mx.array(suppress if isinstance(suppress, (list, tuple)) else [suppress])
@@ -121,8 +131,13 @@ class TalkerSession:
     reads, and sampling. Steps return lazy codes, so a caller can queue the next step before
     reading the previous code (the GPU never waits on Python)."""
 
-    def __init__(self, model, codec_prompt: List[int], opts: TalkerOptions):
+    def __init__(self, model, codec_prompt: List[int], opts: TalkerOptions,
+                 position_ids=None, rope_delta: int = 0):
+        """`position_ids` [3, P+2] are the prefill's TMRoPE positions when the prompt holds
+        images or video (`talker_positions`); decoding then continues at offset + `rope_delta`."""
         from .generate import make_repetition_penalty
+
+        self.position_ids, self.rope_delta = position_ids, rope_delta
 
         self.talker, self.cfg, self.opts = model.talker, model.talker.cfg, opts
         self.cache = self.talker.make_cache()
@@ -139,7 +154,10 @@ class TalkerSession:
         from .generate import GENERATION_STREAM
 
         with mx.stream(GENERATION_STREAM):
-            logits = self.talker(x[None], self.cache)[:, -1, :]
+            positions = None
+            if self.position_ids is not None and self.steps == 0:
+                positions = mx.array(self.position_ids)[:, None]  # (3, 1, P+2)
+            logits = self.talker(x[None], self.cache, positions, self.rope_delta)[:, -1, :]
             if self.penalty is not None:
                 logits = self.penalty(self.history, logits)
             code = self.samplers[self.steps >= self.opts.min_codec_tokens](logits)

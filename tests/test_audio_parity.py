@@ -94,7 +94,7 @@ def test_logits_match_for_an_audio_prompt(setup):
     with torch.no_grad():
         ref_logits = ref(**inputs).logits[0].numpy()
     prompt = prepare_prompt(model, messages, 1, 32768, False)
-    ids, embeds = prompt.ids, prompt.embeds
+    embeds = prompt.embeds
     ours = np.asarray(model.thinker(None, input_embeddings=embeds[None])[0])
     assert np.abs(ours - ref_logits).max() / np.abs(ref_logits).max() <= LOGITS_RTOL
 

@@ -52,7 +52,7 @@ def common_prefix(a, b) -> int:
 
 def test_second_turn_feeds_only_new_tokens_and_equals_a_fresh_cache(model):
     session = ChatSession(model, max_tokens=6)
-    first = reply_ids(session.send("Name a river."))
+    reply_ids(session.send("Name a river."))
     first_prompt = model.processor.prepare(session.messages[:1]).input_ids
     held = list(session.ids)
     assert held[:len(first_prompt)] == first_prompt and len(held) > len(first_prompt)

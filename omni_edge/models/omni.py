@@ -10,10 +10,10 @@ from .talker import Talker
 from .thinker import Thinker
 from .token2wav import Token2Wav
 
-# Checkpoint prefixes of the parts this runtime builds; tensors under other prefixes
-# (components still to come) are converted and stored, but not loaded.
-IMPLEMENTED_PREFIXES = ("thinker.model.", "thinker.lm_head.", "thinker.audio_tower.", "talker.",
-                        "token2wav.")
+# Checkpoint prefixes of the parts this runtime builds; tensors under other prefixes are
+# converted and stored, but not loaded.
+IMPLEMENTED_PREFIXES = ("thinker.model.", "thinker.lm_head.", "thinker.audio_tower.",
+                        "thinker.visual.", "talker.", "token2wav.")
 
 # Quantizable component prefixes, in the order a key is matched against them.
 COMPONENTS = ("thinker.audio_tower", "thinker.visual", "thinker", "talker", "token2wav")

@@ -1,6 +1,6 @@
-"""The Thinker: the Qwen2.5 LLM that reads text (and, later, audio and vision) and writes the reply."""
+"""The Thinker: the Qwen2.5 LLM that reads text, audio, images and video and writes the reply."""
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -9,6 +9,19 @@ from mlx_lm.models.cache import KVCache
 from ..config import ThinkerConfig
 from .audio_encoder import AudioEncoder
 from .layers import Decoder
+from .vision_encoder import VisionEncoder
+
+Vision = Tuple[Any, Sequence[int]]  # (pixel_values [N, 1176], grid (t, h, w))
+
+
+def scatter(h: mx.array, positions: mx.array, features: mx.array, what: str) -> mx.array:
+    """h [B, L, H] with its `positions` (bool [B, L]) replaced, in order, by features [N, H]."""
+    n = int(positions.sum().item())
+    if n != features.shape[0]:
+        raise ValueError(f"the prompt has {n} {what} positions but the {what} inputs encode to "
+                         f"{features.shape[0]} tokens")
+    index = mx.maximum(mx.cumsum(positions.astype(mx.int32), axis=-1) - 1, 0)
+    return mx.where(positions[..., None], features.astype(h.dtype)[index], h)
 
 
 class Thinker(nn.Module):
@@ -17,6 +30,7 @@ class Thinker(nn.Module):
         self.cfg = cfg
         text = cfg.text_config
         self.audio_tower = AudioEncoder(cfg.audio_config)
+        self.visual = VisionEncoder(cfg.vision_config)
         self.model = Decoder(text, text.vocab_size)
         if not text.tie_word_embeddings:
             self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
@@ -31,20 +45,22 @@ class Thinker(nn.Module):
     def embed(self, input_ids: mx.array) -> mx.array:
         return self.model.embed_tokens(input_ids)
 
-    def embed_multimodal(self, input_ids: mx.array, audio_features: Sequence[mx.array] = ()) -> mx.array:
-        """Token embeddings [B, L, H] with each run of <|AUDIO|> positions replaced, in order,
-        by the audio encoder's output for the clips (the reference's masked_scatter)."""
+    def embed_multimodal(self, input_ids: mx.array, audio_features: Sequence[mx.array] = (),
+                         images: Sequence[Vision] = (), videos: Sequence[Vision] = ()) -> mx.array:
+        """Token embeddings [B, L, H] with the <|AUDIO|>, <|IMAGE|> and <|VIDEO|> positions
+        replaced, in order, by the encoders' outputs (the reference's masked_scatter). Images
+        and videos are (pixel_values [N, 1176], grid (t, h, w)) pairs."""
         h = self.embed(input_ids)
-        if not audio_features:
-            return h
-        audio = self.audio_tower(list(audio_features)).astype(h.dtype)  # (N_audio_tokens, H)
-        is_audio = input_ids == self.cfg.audio_token_index
-        n = int(is_audio.sum().item())
-        if n != audio.shape[0]:
-            raise ValueError(f"the prompt has {n} audio positions but the audio encodes to "
-                             f"{audio.shape[0]} tokens")
-        index = mx.maximum(mx.cumsum(is_audio.astype(mx.int32), axis=-1) - 1, 0)
-        return mx.where(is_audio[..., None], audio[index], h)
+        if audio_features:
+            audio = self.audio_tower(list(audio_features))  # (N_audio_tokens, H)
+            h = scatter(h, input_ids == self.cfg.audio_token_index, audio, "audio")
+        for media, token, what in ((images, self.cfg.image_token_index, "image"),
+                                   (videos, self.cfg.video_token_index, "video")):
+            if media:
+                pixels = mx.concatenate([mx.array(p) for p, _ in media])
+                features = self.visual(pixels, [g for _, g in media])  # (N_tokens, H)
+                h = scatter(h, input_ids == token, features, what)
+        return h
 
     def logits(self, hidden: mx.array) -> mx.array:
         if self.cfg.text_config.tie_word_embeddings:

@@ -7,10 +7,16 @@ from typing import Any, Dict, List, Union
 
 import numpy as np
 
+from ..config import ThinkerConfig
 from ..demo.tokenizer import OMNI_CHAT_TEMPLATE
+from .placeholders import expand_placeholders
 
 Messages = Union[str, List[Dict[str, Any]]]
-AUDIO_TOKEN_ID = 151646  # <|AUDIO|>
+# Placeholder ids and sizes of the published checkpoints, for a Processor made without a config.
+PUBLISHED_THINKER = {"text_config": {"vocab_size": 151936, "hidden_size": 2048,
+                                     "intermediate_size": 11008, "num_hidden_layers": 36,
+                                     "num_attention_heads": 16, "num_key_value_heads": 2},
+                     "vision_config": {"hidden_size": 1280, "out_hidden_size": 2048}}
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "audio", "image", "video")
 # Speech output only works under this exact system prompt (the model was trained so).
@@ -57,53 +63,44 @@ def normalize_messages(messages: Messages) -> List[Dict[str, Any]]:
                 raise ValueError(
                     f"messages[{i}]['content'][{j}] has type {kind!r}; use one of {PART_TYPES}"
                 )
-            if kind in ("image", "video"):
-                raise NotImplementedError(
-                    f"messages[{i}]['content'][{j}] is {kind} input, which this version of "
-                    "omni-edge does not read yet; send text and audio parts"
-                )
             if kind != "text" and part.get(kind) is None:
                 raise ValueError(f"messages[{i}]['content'][{j}] has no '{kind}' value")
     return messages
 
 
-def media_parts(messages: List[Dict[str, Any]], kind: str) -> List[Dict[str, Any]]:
-    """The `kind` parts of all messages, in order of appearance (the template's order)."""
-    return [p for m in messages if isinstance(m["content"], list) for p in m["content"]
-            if p.get("type") == kind]
-
-
 @dataclass
 class PromptInputs:
-    """Everything the Thinker's prefill needs: token ids with each <|AUDIO|> expanded to its
-    token count, and the log-mel features of every audio clip in prompt order."""
+    """Everything the Thinker's prefill needs: token ids with every placeholder expanded, the
+    log-mel features of every audio stream in prompt order (a video's own track at the video's
+    place), and the images' and videos' patches."""
 
     input_ids: List[int]
     audio_features: List[np.ndarray] = field(default_factory=list)
+    images: List[Any] = field(default_factory=list)  # processing.image.VisionInput
+    videos: List[Any] = field(default_factory=list)
+    video_uses_audio: List[bool] = field(default_factory=list)
 
+    @property
+    def has_vision(self) -> bool:
+        return bool(self.images or self.videos)
 
-def expand_placeholders(ids: List[int], token_id: int, counts: List[int], what: str) -> List[int]:
-    """Replace the i-th `token_id` with counts[i] copies of it."""
-    out, k = [], 0
-    for t in ids:
-        if t != token_id:
-            out.append(t)
-            continue
-        if k >= len(counts):
-            raise ValueError(f"the prompt text holds more {what} placeholders than {what} inputs")
-        out.extend([token_id] * counts[k])
-        k += 1
-    if k != len(counts):
-        raise ValueError(f"{len(counts)} {what} inputs but {k} placeholders in the prompt")
-    return out
+    def media(self) -> Dict[str, list]:
+        """The media lists `rope_index` and `expand_placeholders` read."""
+        return dict(audio_lengths=[f.shape[-1] for f in self.audio_features],
+                    image_grids=[i.grid_thw for i in self.images],
+                    video_grids=[v.grid_thw for v in self.videos],
+                    video_seconds_per_grid=[v.second_per_grid for v in self.videos])
 
 
 class Processor:
-    """Tokenizer plus chat template: what turns messages into Thinker input ids."""
+    """Tokenizer plus chat template: what turns messages into Thinker input ids. `cfg` (the
+    ThinkerConfig) gives the placeholder ids and the vision merge size; the published
+    values when left out."""
 
-    def __init__(self, tokenizer, chat_template: str):
+    def __init__(self, tokenizer, chat_template: str, cfg=None):
         self.tokenizer = tokenizer  # mlx-lm TokenizerWrapper (streaming detokenizer included)
         self.chat_template = chat_template
+        self.cfg = cfg or ThinkerConfig.from_dict(PUBLISHED_THINKER)
 
     def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
         return self.tokenizer.apply_chat_template(
@@ -116,12 +113,39 @@ class Processor:
     def encode(self, messages: Messages) -> List[int]:
         return self.prepare(messages).input_ids
 
-    def prepare(self, messages: Messages, audio_token_id: int = AUDIO_TOKEN_ID) -> PromptInputs:
-        from .audio import feature_length_to_tokens, prepare_audio
-
+    def prepare(self, messages: Messages, use_audio_in_video: bool = False) -> PromptInputs:
+        """Render, tokenize and expand `messages`, loading every medium they hold. A video
+        part's own "use_audio_in_video" key overrides the argument for that video."""
         messages = normalize_messages(messages)
         ids = self.tokenizer.encode(self.render(messages), add_special_tokens=False)
-        features = [prepare_audio(p["audio"], p.get("sampling_rate"))[0]
-                    for p in media_parts(messages, "audio")]
-        counts = [feature_length_to_tokens(f.shape[-1]) for f in features]
-        return PromptInputs(expand_placeholders(ids, audio_token_id, counts, "audio"), features)
+        inputs = PromptInputs(ids)
+        for part in (p for m in messages if isinstance(m["content"], list) for p in m["content"]):
+            self._load(part, use_audio_in_video, inputs)
+        inputs.input_ids = expand_placeholders(ids, self.cfg, **inputs.media(),
+                                               video_uses_audio=inputs.video_uses_audio)
+        return inputs
+
+    @staticmethod
+    def _load(part: Dict[str, Any], use_audio_in_video: bool, inputs: PromptInputs):
+        from .audio import prepare_audio
+        from .image import IMAGE_OPTIONS, process_image
+        from .video import VIDEO_OPTIONS, extract_audio, process_video
+
+        kind = part.get("type")
+        if kind == "audio":
+            inputs.audio_features.append(prepare_audio(part["audio"], part.get("sampling_rate"))[0])
+        elif kind == "image":
+            inputs.images.append(process_image(part["image"], **_options(part, IMAGE_OPTIONS)))
+        elif kind == "video":
+            options = _options(part, VIDEO_OPTIONS)
+            inputs.videos.append(process_video(part["video"], **options))
+            with_audio = bool(part.get("use_audio_in_video", use_audio_in_video))
+            inputs.video_uses_audio.append(with_audio)
+            if with_audio:
+                track = extract_audio(part["video"], options.get("video_start"),
+                                      options.get("video_end"))
+                inputs.audio_features.append(prepare_audio(track, 16000)[0])
+
+
+def _options(part: Dict[str, Any], names) -> Dict[str, Any]:
+    return {k: part[k] for k in names if k in part}
