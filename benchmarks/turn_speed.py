@@ -106,10 +106,11 @@ def voice() -> dict:
             "bos_token": SPEAKER_BOS}
 
 
-def processor() -> Processor:
+def processor(size: str) -> Processor:
     tok_dir = Path(tempfile.mkdtemp())
     write_standin_tokenizer(tok_dir)
-    return Processor(load_tokenizer(tok_dir), OMNI_CHAT_TEMPLATE)
+    cfg = OmniConfig.from_dict(config(size)).thinker_config
+    return Processor(load_tokenizer(tok_dir), OMNI_CHAT_TEMPLATE, cfg)
 
 
 def build(size: str, q_bits: int) -> OmniModel:
@@ -120,7 +121,7 @@ def build(size: str, q_bits: int) -> OmniModel:
         nn.quantize(model.thinker.model, group_size=64, bits=q_bits)
         nn.quantize(model.thinker.lm_head, group_size=64, bits=q_bits)
     mx.eval(model.parameters())
-    model.processor = processor()
+    model.processor = processor(size)
     model.voices = Voices({"Chelsie": voice()})
     model.token2wav.voices = model.voices
     return model
@@ -204,7 +205,7 @@ def run_transformers(size: str, text_tokens: int, codes: int) -> dict:
     model.speaker_map = {"Chelsie": {"cond": torch.tensor(v["cond"][0]),
                                      "ref_mel": torch.tensor(v["ref_mel"][0]),
                                      "bos_token": SPEAKER_BOS}}
-    proc = processor()
+    proc = processor(size)
 
     def sync():
         if dev == "cuda":

@@ -15,7 +15,9 @@ Messages = Union[str, List[Dict[str, Any]]]
 # Placeholder ids and sizes of the published checkpoints, for a Processor made without a config.
 PUBLISHED_THINKER = {"text_config": {"vocab_size": 151936, "hidden_size": 2048,
                                      "intermediate_size": 11008, "num_hidden_layers": 36,
-                                     "num_attention_heads": 16, "num_key_value_heads": 2},
+                                     "num_attention_heads": 16, "num_key_value_heads": 2,
+                                     "rope_scaling": {"type": "default",
+                                                      "mrope_section": [16, 24, 24]}},
                      "vision_config": {"hidden_size": 1280, "out_hidden_size": 2048}}
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "audio", "image", "video")
