@@ -11,8 +11,6 @@ one warm-up; prints a table and writes JSON.
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -21,6 +19,7 @@ import numpy as np
 from omni_edge.config import AudioEncoderConfig
 from omni_edge.models.audio_encoder import AudioEncoder
 from omni_edge.processing.audio import log_mel
+from timing import timed  # benchmarks/ is the script's own folder
 
 SR = 16000
 OUTPUT_DIM = {"3b": 2048, "7b": 3584}
@@ -31,15 +30,6 @@ def clip(seconds: float) -> np.ndarray:
     rng = np.random.default_rng(0)
     return (0.3 * np.sin(2 * np.pi * 440 * t * (1 + t / seconds)) + 0.05 * rng.normal(size=t.size)).astype(np.float32)
 
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
 
 
 def ours(size: str, dtype):

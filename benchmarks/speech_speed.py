@@ -27,6 +27,7 @@ from omni_edge.config import BigVGANConfig, DiTConfig, TalkerConfig, Token2WavCo
 from omni_edge.models.talker import Talker
 from omni_edge.models.token2wav import Token2Wav
 from omni_edge.speech import TalkerOptions, ThinkerTrace, talker_codes
+from timing import timed  # benchmarks/ is the script's own folder
 
 TALKER_3B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                  intermediate_size=4864, embedding_size=2048, head_dim=64, mrope_section=[16, 16, 0])
@@ -123,15 +124,6 @@ def reference_token2wav(use_bf16: bool, codes, voice, noise):
 
     return run, device
 
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return statistics.median(out)
 
 
 def bench_token2wav(n_codes: int, repeats: int) -> dict:

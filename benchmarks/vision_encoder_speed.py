@@ -14,8 +14,6 @@ our max relative difference from the reference on the first run) and writes JSON
 import argparse
 import json
 import math
-import statistics
-import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -24,6 +22,7 @@ import numpy as np
 from omni_edge.config import VisionEncoderConfig
 from omni_edge.models.omni import OmniModel
 from omni_edge.models.vision_encoder import VisionEncoder
+from timing import timed  # benchmarks/ is the script's own folder
 
 OUT_HIDDEN = {"3b": 2048, "7b": 3584}
 FULL = dict(hidden_size=1280, depth=32, num_heads=16, intermediate_size=3420,
@@ -70,15 +69,6 @@ CASES = {
     "video 10s 640x360": video_grid(360, 640, 10),  # (10, 26, 46): 20 frames of 364×644
 }
 
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
 
 
 def reference(config: dict, use_bf16: bool):

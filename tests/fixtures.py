@@ -603,3 +603,23 @@ def converted_weights(model_dir, prefix: str) -> dict:
     for shard in sorted(Path(model_dir).glob("model-*.safetensors")):
         weights.update({k[len(prefix):]: v for k, v in mx.load(str(shard)).items() if k.startswith(prefix)})
     return weights
+
+
+def converted_component(model_dir, out_root, prefix: str, config_of):
+    """Convert `model_dir` to float32 under `out_root`: (the tensors under `prefix`, prefix
+    stripped, and the component's config, `config_of(OmniConfig)`)."""
+    from omni_edge.config import OmniConfig
+    from omni_edge.convert.mlx import convert
+
+    out = convert(str(model_dir), str(Path(out_root) / "fp32"), dtype="float32")
+    return converted_weights(out, prefix), config_of(OmniConfig.from_file(Path(out) / "config.json"))
+
+
+def built(cls, cfg, weights: dict):
+    """`cls(cfg)` with `weights` loaded (strictly) and evaluated."""
+    import mlx.core as mx
+
+    module = cls(cfg)
+    module.load_weights(list(weights.items()), strict=True)
+    mx.eval(module.parameters())
+    return module

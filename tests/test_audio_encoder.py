@@ -1,6 +1,5 @@
 """The audio encoder against transformers' `Qwen2_5OmniAudioEncoder` on the fixture checkpoints."""
 
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -9,10 +8,8 @@ from mlx.utils import tree_flatten
 
 torch = pytest.importorskip("torch")
 
-from fixtures import converted_weights, load_reference_thinker  # noqa: E402
+from fixtures import built, converted_component, load_reference_thinker  # noqa: E402
 
-from omni_edge.config import OmniConfig  # noqa: E402
-from omni_edge.convert.mlx import convert  # noqa: E402
 from omni_edge.models import audio_encoder  # noqa: E402
 from omni_edge.models.audio_encoder import AudioEncoder, num_audio_tokens  # noqa: E402
 
@@ -33,19 +30,15 @@ CASES = {
 @pytest.fixture(scope="module")
 def setup(fixture_dir, tmp_path_factory):
     """(converted audio-tower weights without the prefix, audio config, reference audio tower)."""
-    out = convert(str(fixture_dir), str(tmp_path_factory.mktemp("conv") / "fp32"), dtype="float32")
-    weights = converted_weights(out, PREFIX)
-    cfg = OmniConfig.from_file(Path(out) / "config.json").thinker_config.audio_config
+    weights, cfg = converted_component(fixture_dir, tmp_path_factory.mktemp("conv"), PREFIX,
+                                       lambda c: c.thinker_config.audio_config)
     return weights, cfg, load_reference_thinker(fixture_dir).model.audio_tower
 
 
 @pytest.fixture(scope="module")
 def encoder(setup):
     weights, cfg, _ = setup
-    enc = AudioEncoder(cfg)
-    enc.load_weights(list(weights.items()), strict=True)
-    mx.eval(enc.parameters())
-    return enc
+    return built(AudioEncoder, cfg, weights)
 
 
 def clips(lengths, seed=0):

@@ -1,6 +1,5 @@
 """The BigVGAN vocoder against transformers' `Qwen2_5OmniToken2WavBigVGANModel` on the fixtures."""
 
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -10,10 +9,8 @@ from mlx.utils import tree_flatten
 
 torch = pytest.importorskip("torch")
 
-from fixtures import converted_weights, load_reference_model  # noqa: E402
+from fixtures import built, converted_component, load_reference_model  # noqa: E402
 
-from omni_edge.config import OmniConfig  # noqa: E402
-from omni_edge.convert.mlx import convert  # noqa: E402
 from omni_edge.models import bigvgan  # noqa: E402
 from omni_edge.models.bigvgan import BigVGAN  # noqa: E402
 from omni_edge.models.omni import OmniModel  # noqa: E402
@@ -28,19 +25,15 @@ SAMPLES_PER_FRAME = 240
 @pytest.fixture(scope="module")
 def setup(fixture_dir, tmp_path_factory):
     """(converted vocoder weights without the prefix, BigVGAN config, reference vocoder)."""
-    out = convert(str(fixture_dir), str(tmp_path_factory.mktemp("conv") / "fp32"), dtype="float32")
-    weights = converted_weights(out, PREFIX)
-    cfg = OmniConfig.from_file(Path(out) / "config.json").token2wav_config.bigvgan_config
+    weights, cfg = converted_component(fixture_dir, tmp_path_factory.mktemp("conv"), PREFIX,
+                                       lambda c: c.token2wav_config.bigvgan_config)
     return weights, cfg, load_reference_model(fixture_dir).token2wav.code2wav_bigvgan_model
 
 
 @pytest.fixture(scope="module")
 def vocoder(setup):
     weights, cfg, _ = setup
-    model = BigVGAN(cfg)
-    model.load_weights(list(weights.items()), strict=True)
-    mx.eval(model.parameters())
-    return model
+    return built(BigVGAN, cfg, weights)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ The fixture's vision tower (depth 2, hidden 32, 2 heads, block 1 full attention,
 most of them partial, so the window order, the per-window attention and the per-frame full
 attention all move the output."""
 
-from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -14,11 +13,9 @@ from mlx.utils import tree_flatten
 
 torch = pytest.importorskip("torch")
 
-from fixtures import converted_weights, load_reference_thinker  # noqa: E402
+from fixtures import built, converted_component, load_reference_thinker  # noqa: E402
 from transformers import vision_utils  # noqa: E402
 
-from omni_edge.config import OmniConfig  # noqa: E402
-from omni_edge.convert.mlx import convert  # noqa: E402
 from omni_edge.models import vision_encoder  # noqa: E402
 from omni_edge.models.vision_encoder import VisionEncoder  # noqa: E402
 
@@ -38,19 +35,15 @@ GRIDS = [g for grids in CASES.values() for g in grids] + [(1, 8, 8), (3, 22, 12)
 @pytest.fixture(scope="module")
 def setup(fixture_dir, tmp_path_factory):
     """(converted vision-tower weights without the prefix, vision config, reference tower)."""
-    out = convert(str(fixture_dir), str(tmp_path_factory.mktemp("conv") / "fp32"), dtype="float32")
-    weights = converted_weights(out, PREFIX)
-    cfg = OmniConfig.from_file(Path(out) / "config.json").thinker_config.vision_config
+    weights, cfg = converted_component(fixture_dir, tmp_path_factory.mktemp("conv"), PREFIX,
+                                       lambda c: c.thinker_config.vision_config)
     return weights, cfg, load_reference_thinker(fixture_dir).model.visual
 
 
 @pytest.fixture(scope="module")
 def encoder(setup):
     weights, cfg, _ = setup
-    enc = VisionEncoder(cfg)
-    enc.load_weights(list(weights.items()), strict=True)
-    mx.eval(enc.parameters())
-    return enc
+    return built(VisionEncoder, cfg, weights)
 
 
 def patches(grids, seed=0) -> np.ndarray:
