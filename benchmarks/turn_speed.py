@@ -6,7 +6,8 @@ renders the stream:
 
 - `reference`: the reference's windows (first chunk 72 frames), 10-point RK4, DiT in float32;
 - `fast`: a 24-frame first chunk and the DiT in bfloat16 (same ODE);
-- `fast6`: as `fast` with 6 ODE time points instead of 10.
+- `fast6`: as `fast` with 6 ODE time points instead of 10;
+- `long`, `long6`: as `fast`, `fast6` with 216-frame later chunks (fewer windows).
 
 For each it prints time to first token and to first audio, the whole turn, the real-time
 factor, Thinker and Talker tok/s and peak memory, and what the variant does to the audio: the
@@ -61,9 +62,12 @@ SIZES = {  # omni_spec.md §2, in the published layout
                  bigvgan=dict(upsample_initial_channel=64)),  # a smoke test of this script
 }
 VARIANTS = {
-    "reference": dict(first_chunk_frames=None, token2wav_steps=10, dit_dtype="float32"),
-    "fast": dict(first_chunk_frames=24, token2wav_steps=10, dit_dtype="bfloat16"),
-    "fast6": dict(first_chunk_frames=24, token2wav_steps=6, dit_dtype="bfloat16"),
+    "reference": dict(first_chunk_frames=None, chunk_frames=None, token2wav_steps=10,
+                      dit_dtype="float32"),
+    "fast": dict(first_chunk_frames=24, chunk_frames=None, token2wav_steps=10, dit_dtype="bfloat16"),
+    "fast6": dict(first_chunk_frames=24, chunk_frames=None, token2wav_steps=6, dit_dtype="bfloat16"),
+    "long": dict(first_chunk_frames=24, chunk_frames=216, token2wav_steps=10, dit_dtype="bfloat16"),
+    "long6": dict(first_chunk_frames=24, chunk_frames=216, token2wav_steps=6, dit_dtype="bfloat16"),
 }
 SPEAKER_BOS = 151870
 THINKER_IDS = {  # as the published config.json writes them
@@ -137,6 +141,7 @@ def turn(model, clip, text_tokens: int, codes: int, variant: dict, noise) -> dic
     for event in stream(model, messages(clip), speak=True, max_tokens=text_tokens,
                         max_codec_tokens=codes, min_codec_tokens=codes, seed=0, noise=noise,
                         first_chunk_frames=variant["first_chunk_frames"],
+                        chunk_frames=variant["chunk_frames"],
                         token2wav_steps=variant["token2wav_steps"]):
         if event.type == "audio":
             audio.append(event.audio)
@@ -158,7 +163,8 @@ def drift(model, codes, noise, streamed: np.ndarray) -> float:
     return float(np.sqrt(np.mean((streamed - offline) ** 2) / np.mean(offline ** 2)))
 
 
-def run_ours(size: str, q_bits: int, variants, repeats: int, text_tokens: int, codes: int) -> list:
+def run_ours(size: str, q_bits: int, variants, repeats: int, text_tokens: int, codes: int,
+             save) -> list:
     model = build(size, q_bits)
     clip = (0.3 * np.sin(np.linspace(0, 8000, 16000 * CLIP_SECONDS))).astype(np.float32)
     noise = mx.random.normal((30000, 80), key=mx.random.key(1))
@@ -176,6 +182,7 @@ def run_ours(size: str, q_bits: int, variants, repeats: int, text_tokens: int, c
                      "thinker": f"{q_bits}-bit" if q_bits else "bf16", **best,
                      "audio_drift": err, "runs": runs})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "runs"}), flush=True)
+        save(rows[-1:])
     del model
     gc.collect()
     mx.clear_cache()
@@ -274,19 +281,25 @@ def main():
     a = ap.parse_args()
     if a.summarize:
         return summarize(a.summarize)
-    rows = [] if a.skip_ours else run_ours(a.size, a.q_bits, a.variants.split(","), a.repeats,
-                                           a.text_tokens, a.codes)
+    device = a.device_name or str(mx.default_device())
+    rows = []
+
+    def save(new_rows):  # after every variant, so a run cut short keeps what it measured
+        rows.extend(new_rows)
+        if a.out:
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            a.out.write_text(json.dumps({"device": device, "workload": {
+                "audio_in_s": CLIP_SECONDS, "text_tokens": a.text_tokens, "codec_tokens": a.codes},
+                "rows": rows}, indent=2))
+
     if a.transformers:
         try:
-            rows.append(run_transformers(a.size, a.text_tokens, a.codes))
+            save([run_transformers(a.size, a.text_tokens, a.codes)])
         except Exception as err:  # keep our rows when the reference can't run
             print(f"transformers run failed: {type(err).__name__}: {err}", flush=True)
-    device = a.device_name or str(mx.default_device())
+    if not a.skip_ours:
+        run_ours(a.size, a.q_bits, a.variants.split(","), a.repeats, a.text_tokens, a.codes, save)
     if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"device": device, "workload": {
-            "audio_in_s": CLIP_SECONDS, "text_tokens": a.text_tokens, "codec_tokens": a.codes},
-            "rows": rows}, indent=2))
         summarize([a.out])
 
 

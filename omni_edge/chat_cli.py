@@ -50,7 +50,7 @@ def session_options(args) -> dict:
     if not args.text_only:
         options.update(
             speak=True, voice=args.voice, first_chunk_frames=args.first_chunk_frames,
-            token2wav_steps=args.token2wav_steps,
+            chunk_frames=args.chunk_frames, token2wav_steps=args.token2wav_steps,
             talker=TalkerOptions(args.talker_temp, args.talker_top_k, args.talker_top_p,
                                  args.talker_repetition_penalty, args.max_codec_tokens))
     return options

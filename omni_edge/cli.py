@@ -72,6 +72,9 @@ def _add_talker_options(p):
     p.add_argument("--first-chunk-frames", type=int, default=None,
                    help="mel frames (multiple of 24) in the first audio window; smaller starts "
                         "the speech sooner (default: the reference's 72)")
+    p.add_argument("--chunk-frames", type=int, default=None,
+                   help="mel frames (multiple of 24) in the later audio windows; larger means "
+                        "fewer windows (default: the reference's 72)")
     p.add_argument("--token2wav-steps", type=int, default=10,
                    help="ODE time points per audio window (10 = the reference; fewer is faster)")
 
@@ -153,7 +156,7 @@ def run_generate(args):
                       talker_repetition_penalty=args.talker_repetition_penalty,
                       max_codec_tokens=args.max_codec_tokens,
                       first_chunk_frames=args.first_chunk_frames,
-                      token2wav_steps=args.token2wav_steps)
+                      chunk_frames=args.chunk_frames, token2wav_steps=args.token2wav_steps)
     audio = []
     for event in stream(model, messages, **kwargs):
         if event.type == "text":

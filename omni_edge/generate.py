@@ -307,6 +307,7 @@ def stream(
     first_chunk_frames: Optional[int] = None,
     token2wav_steps: int = NUM_STEPS,
     use_audio_in_video: bool = False,
+    chunk_frames: Optional[int] = None,
 ) -> Iterator[Event]:
     """Generate a reply to chat `messages`, yielding events in order: TextDelta as the text
     comes and, with `speak`, AudioChunk (24 kHz float32 with its start sample) as the speech
@@ -316,7 +317,8 @@ def stream(
     `talker_*` options follow the reference's names and defaults; `min_codec_tokens` keeps the
     Talker from ending the speech sooner (benchmarks force lengths so); `noise` ([2·codes, 80]) fixes
     Token2Wav's starting noise; `first_chunk_frames` (a multiple of 24 mel frames) makes the
-    first audio window smaller than the reference's 72 frames, for earlier audio;
+    first audio window smaller than the reference's 72 frames, for earlier audio, and
+    `chunk_frames` the later ones larger, for fewer windows (streaming.StreamingToken2Wav);
     `token2wav_steps` is the number of ODE time points (the reference's 10; fewer is faster
     and drifts from it, see benchmarks/turn_speed.py); `use_audio_in_video` also reads each
     video's sound track (a video part's own "use_audio_in_video" key overrides it). Times
@@ -325,7 +327,7 @@ def stream(
                 max_context, truncate, prefill_step_size, speak, voice,
                 TalkerOptions(talker_temperature, talker_top_k, talker_top_p,
                               talker_repetition_penalty, max_codec_tokens, min_codec_tokens),
-                noise, first_chunk_frames, token2wav_steps)
+                noise, first_chunk_frames, token2wav_steps, chunk_frames)
     messages = turn.messages(messages)
     prompt = prepare_prompt(model, messages, max_tokens, turn.context, truncate, use_audio_in_video)
     yield from turn.run(prompt)
@@ -353,6 +355,7 @@ class Turn:
     noise: Optional[mx.array] = None
     first_chunk_frames: Optional[int] = None
     token2wav_steps: int = NUM_STEPS
+    chunk_frames: Optional[int] = None
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -453,7 +456,8 @@ def _speak(turn: Turn, steps, capture, eos, text, prompt: Prompt, n_tokens) -> I
                         prompt.media)
     vocoder = StreamingToken2Wav(model.token2wav, turn.speaker, noise=turn.noise,
                                  steps=turn.token2wav_steps,
-                                 first_chunk_frames=turn.first_chunk_frames)
+                                 first_chunk_frames=turn.first_chunk_frames,
+                                 chunk_frames=turn.chunk_frames)
     codes: List[int] = []
     first_audio = first_code = None
     samples = 0

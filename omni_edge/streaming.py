@@ -38,12 +38,17 @@ class StreamingToken2Wav:
 
     `noise` [frames, 80] is the starting point of every frame (drawn once when None);
     `first_chunk_frames` (a multiple of the DiT block, 24) gives an earlier first chunk; every
-    window keeps its full context, so it costs one more window, not accuracy. Each window costs
-    `dit_calls_per_window` DiT calls (batch 2 with CFG)."""
+    window keeps its full context, so it costs one more window, not accuracy. `chunk_frames`
+    (default the reference's 72) sets the later chunks: a window's cost is set by its DiT call
+    count, not its length, so longer chunks mean fewer windows per second of speech; the chunks
+    grow to it from the first (first, 72, then chunk_frames), so the audio already out covers
+    the time the next window takes. Each window costs `dit_calls_per_window` DiT calls (batch 2
+    with CFG)."""
 
     def __init__(self, model: Token2Wav, voice, noise: Optional[mx.array] = None,
                  steps: int = NUM_STEPS, guidance: float = GUIDANCE_SCALE,
-                 first_chunk_frames: Optional[int] = None, max_frames: int = MAX_FRAMES):
+                 first_chunk_frames: Optional[int] = None, max_frames: int = MAX_FRAMES,
+                 chunk_frames: Optional[int] = None):
         dit = model.code2wav_dit_model
         if dit.cfg.repeats != MEL_REPEATS:
             raise ValueError(f"streaming needs a 50 Hz codec ({MEL_REPEATS} mel frames per code); "
@@ -58,7 +63,8 @@ class StreamingToken2Wav:
         block = dit.cfg.block_size
         self.chunk, self.past = CHUNK_BLOCKS * block, PAST_BLOCKS * block
         self.future = FUTURE_BLOCKS * block
-        self.first_chunk = _first_chunk(first_chunk_frames, self.chunk, block)
+        self.first_chunk = _chunk_size(first_chunk_frames, self.chunk, block, "first_chunk_frames")
+        self.later_chunk = _chunk_size(chunk_frames, self.chunk, block, "chunk_frames")
         self.hop = model.code2wav_bigvgan_model.samples_per_frame
         self.table = dit.text_embed.codec_embed.weight.shape[0]
         self.noise = _noise_buffer(noise, max_frames, dit.cfg.mel_dim)
@@ -79,7 +85,12 @@ class StreamingToken2Wav:
 
     def chunk_start(self, i: int) -> int:
         """The first mel frame of window i's chunk."""
-        return 0 if i == 0 else self.first_chunk + (i - 1) * self.chunk
+        if i == 0:
+            return 0
+        if self.later_chunk == self.chunk or self.first_chunk >= self.chunk:
+            return self.first_chunk + (i - 1) * self.later_chunk
+        # a larger chunk size is reached through one reference-size chunk
+        return self.first_chunk + (self.chunk if i >= 2 else 0) + max(0, i - 2) * self.later_chunk
 
     def push(self, codes) -> List[AudioChunk]:
         """Append codec ids; run every window whose chunk and future context are complete."""
@@ -160,14 +171,14 @@ def _batch(ref_mel: mx.array) -> mx.array:
     return ref_mel[None] if ref_mel.ndim == 2 else ref_mel
 
 
-def _first_chunk(frames: Optional[int], default: int, block: int) -> int:
+def _chunk_size(frames: Optional[int], default: int, block: int, name: str) -> int:
     """Chunks must start on DiT block boundaries, or the windows' blocks would not line up with
-    the offline run's; and the first must outlast the vocoder overlap to emit anything."""
+    the offline run's; and each must outlast the vocoder overlap to emit anything."""
     if frames is None:
         return default
     if frames <= 0 or frames % block or frames <= VOCODER_CONTEXT_FRAMES:
-        raise ValueError(f"first_chunk_frames must be a positive multiple of the DiT block "
-                         f"({block} frames), e.g. {block} or {default}; got {frames}")
+        raise ValueError(f"{name} must be a positive multiple of the DiT block ({block} frames), "
+                         f"e.g. {block} or {default}; got {frames}")
     return frames
 
 

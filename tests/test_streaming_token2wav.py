@@ -150,6 +150,19 @@ def test_smaller_first_chunk_tiles_and_costs_no_accuracy(setup):
     assert err <= STREAM_TOL
 
 
+def test_longer_later_chunks_ramp_up_and_tile(setup):
+    expected = offline(setup, MANY_CODES)
+    st = StreamingToken2Wav(setup["t2w"], VOICE, noise=setup["noise"], first_chunk_frames=24,
+                            chunk_frames=144)
+    assert [st.chunk_start(i) for i in range(5)] == [0, 24, 96, 240, 384]
+    chunks = st.push(setup["codes"]) + st.finish()
+    audio = joined(chunks)
+    assert audio.shape == (MANY_CODES * SAMPLES_PER_CODE,)
+    assert [s for _, s in chunks] == [0, 4 * 240, 76 * 240]  # 200 frames: 24, 72, then the rest
+    assert st.dit_calls == 3 * st.dit_calls_per_window
+    assert rel_err(audio, expected) <= STREAM_TOL
+
+
 def test_tolerance_catches_windows_without_dit_context(setup_3b):
     st = StreamingToken2Wav(setup_3b["t2w"], VOICE, noise=setup_3b["noise"])
     st.past = st.future = 0  # each window sees only its own chunk
@@ -161,6 +174,8 @@ def test_bad_input(setup_3b):
     t2w, noise = setup_3b["t2w"], setup_3b["noise"]
     with pytest.raises(ValueError, match="multiple of the DiT block"):
         StreamingToken2Wav(t2w, VOICE, noise=noise, first_chunk_frames=30)
+    with pytest.raises(ValueError, match="chunk_frames must be a positive multiple"):
+        StreamingToken2Wav(t2w, VOICE, noise=noise, chunk_frames=12)
     with pytest.raises(ValueError, match="unknown voice"):
         StreamingToken2Wav(t2w, "Zoe", noise=noise)
     with pytest.raises(ValueError, match=r"noise must be \[frames, 80\]"):
