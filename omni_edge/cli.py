@@ -69,12 +69,12 @@ def _add_talker_options(p):
     p.add_argument("--talker-repetition-penalty", type=float, default=1.05)
     p.add_argument("--max-codec-tokens", type=int, default=4096,
                    help="bound on the speech length (50 codec tokens per second)")
-    p.add_argument("--first-chunk-frames", type=int, default=None,
+    p.add_argument("--first-chunk-frames", type=int, default=24,
                    help="mel frames (multiple of 24) in the first audio window; smaller starts "
-                        "the speech sooner (default: the reference's 72)")
-    p.add_argument("--chunk-frames", type=int, default=None,
+                        "the speech sooner (the reference uses 72)")
+    p.add_argument("--chunk-frames", type=int, default=216,
                    help="mel frames (multiple of 24) in the later audio windows; larger means "
-                        "fewer windows (default: the reference's 72)")
+                        "fewer windows (the reference uses 72)")
     p.add_argument("--token2wav-steps", type=int, default=10,
                    help="ODE time points per audio window (10 = the reference; fewer is faster)")
 

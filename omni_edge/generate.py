@@ -15,6 +15,11 @@ from .models.token2wav import NUM_STEPS
 from .speech import SAMPLE_RATE, SpeechError, TalkerOptions, with_speech_system_prompt
 
 DEFAULT_MAX_TOKENS = 512
+# Streaming Token2Wav windows (mel frames): a one-block first chunk for early audio, then long
+# chunks for fewer windows; on an H100 this halved a 3B spoken turn against the reference's 72
+# everywhere, with the same drift from offline (benchmarks/results/turn_3b_h100.json).
+FIRST_CHUNK_FRAMES = 24
+CHUNK_FRAMES = 216
 PREFILL_STEP = 2048
 CLEAR_CACHE_EVERY = 256
 GENERATION_STREAM = mx.new_stream(mx.default_device())
@@ -304,10 +309,10 @@ def stream(
     max_codec_tokens: int = TalkerOptions.max_codec_tokens,
     min_codec_tokens: int = 0,
     noise: Optional[mx.array] = None,
-    first_chunk_frames: Optional[int] = None,
+    first_chunk_frames: Optional[int] = FIRST_CHUNK_FRAMES,
     token2wav_steps: int = NUM_STEPS,
     use_audio_in_video: bool = False,
-    chunk_frames: Optional[int] = None,
+    chunk_frames: Optional[int] = CHUNK_FRAMES,
 ) -> Iterator[Event]:
     """Generate a reply to chat `messages`, yielding events in order: TextDelta as the text
     comes and, with `speak`, AudioChunk (24 kHz float32 with its start sample) as the speech
@@ -316,9 +321,9 @@ def stream(
     to first token and audio, real-time factor, Thinker and Talker tok/s, peak memory).
     `talker_*` options follow the reference's names and defaults; `min_codec_tokens` keeps the
     Talker from ending the speech sooner (benchmarks force lengths so); `noise` ([2·codes, 80]) fixes
-    Token2Wav's starting noise; `first_chunk_frames` (a multiple of 24 mel frames) makes the
-    first audio window smaller than the reference's 72 frames, for earlier audio, and
-    `chunk_frames` the later ones larger, for fewer windows (streaming.StreamingToken2Wav);
+    Token2Wav's starting noise; `first_chunk_frames` and `chunk_frames` (multiples of 24 mel
+    frames; None for the reference's 72) size the first and the later audio windows: a small
+    first one for early audio, long later ones for fewer windows (streaming.StreamingToken2Wav);
     `token2wav_steps` is the number of ODE time points (the reference's 10; fewer is faster
     and drifts from it, see benchmarks/turn_speed.py); `use_audio_in_video` also reads each
     video's sound track (a video part's own "use_audio_in_video" key overrides it). Times
@@ -353,9 +358,9 @@ class Turn:
     voice: str = "Chelsie"
     talker: TalkerOptions = field(default_factory=TalkerOptions)
     noise: Optional[mx.array] = None
-    first_chunk_frames: Optional[int] = None
+    first_chunk_frames: Optional[int] = FIRST_CHUNK_FRAMES
     token2wav_steps: int = NUM_STEPS
-    chunk_frames: Optional[int] = None
+    chunk_frames: Optional[int] = CHUNK_FRAMES
 
     def __post_init__(self):
         if self.max_tokens < 1:
