@@ -1,7 +1,7 @@
 """Speech out: the Thinker → Talker hand-off, the Talker's codec decode loop and its sampling."""
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, List
 
 import mlx.core as mx
@@ -41,6 +41,7 @@ class ThinkerTrace:
     hidden: mx.array  # (P + steps, E)
     reply_ids: List[int]  # r_1 .. r_N as generated (r_N is never fed, so it has no row)
     multimodal_ids: tuple = ()  # placeholder ids whose embeddings the Talker must not see
+    media: dict = field(default_factory=dict)  # rope_index's media lists when there is vision
 
 
 def with_speech_system_prompt(messages: list) -> list:
@@ -188,9 +189,10 @@ class TalkerSession:
 def talker_codes(model, trace: ThinkerTrace, voice: dict, opts: TalkerOptions) -> Iterator[int]:
     """Yield codec ids for a finished Thinker turn until the Talker ends the utterance (its
     end/pad code, not yielded) or `opts.max_codec_tokens` are out."""
-    embeds, _, codec_prompt, reply_stream = talker_inputs(
+    embeds, text_ids, codec_prompt, reply_stream = talker_inputs(
         model.thinker, model.talker.cfg, trace, voice["bos_token"])
-    session = TalkerSession(model, codec_prompt, opts)
+    positions, delta = talker_positions(model.talker.cfg, text_ids, trace.media)
+    session = TalkerSession(model, codec_prompt, opts, positions, delta)
     code = session.prefill(embeds)
     for j in range(opts.max_codec_tokens):
         part = reply_stream[min(j, reply_stream.shape[0] - 1)]

@@ -22,26 +22,31 @@ def model(fixture_3b, tmp_path_factory):
     return load(str(convert(str(fixture_3b), str(tmp_path_factory.mktemp("c") / "fp32"), dtype="float32")))
 
 
+def thinker_steps(model, prompt, n_tokens, capture):
+    return generate_step(model, prompt.ids, max_tokens=n_tokens, input_embeddings=prompt.embeds,
+                         capture=capture, position_ids=prompt.positions, rope_delta=prompt.rope_delta)
+
+
 def offline_codes(model, messages, n_tokens, eos=()):
     prompt = prepare_prompt(model, messages, n_tokens, 32768, False)
-    ids, embeds, ph = prompt.ids, prompt.embeds, prompt.placeholders
     capture = []
     reply = []
-    for t in generate_step(model, ids, max_tokens=n_tokens, input_embeddings=embeds, capture=capture):
+    for t in thinker_steps(model, prompt, n_tokens, capture):
         reply.append(t)
         if t in eos:
             break
-    trace = ThinkerTrace(ids, mx.concatenate([e for e, _ in capture]), mx.concatenate([h for _, h in capture]),
-                         reply, ph)
+    trace = ThinkerTrace(prompt.ids, mx.concatenate([e for e, _ in capture]),
+                         mx.concatenate([h for _, h in capture]), reply, prompt.placeholders,
+                         prompt.media)
     return list(talker_codes(model, trace, model.voices["Chelsie"], GREEDY))
 
 
 def lockstep_codes(model, messages, n_tokens, eos=()):
     prompt = prepare_prompt(model, messages, n_tokens, 32768, False)
-    ids, embeds, ph = prompt.ids, prompt.embeds, prompt.placeholders
     capture = []
-    steps = generate_step(model, ids, max_tokens=n_tokens, input_embeddings=embeds, capture=capture)
-    run = Lockstep(model, ids, ph, model.voices["Chelsie"], GREEDY, n_tokens)
+    steps = thinker_steps(model, prompt, n_tokens, capture)
+    run = Lockstep(model, prompt.ids, prompt.placeholders, model.voices["Chelsie"], GREEDY, n_tokens,
+                   prompt.media)
     return [v for kind, v in run.run(steps, capture, set(eos)) if kind == "code"], run
 
 
@@ -51,6 +56,15 @@ def test_lockstep_codes_equal_offline_codes(model, n_tokens):
     codes, run = lockstep_codes(model, messages, n_tokens)
     assert codes == offline_codes(model, messages, n_tokens)
     assert len(codes) > 0 and run.finish_reason == "length"
+
+
+def test_lockstep_with_an_image_equals_offline_codes(model):
+    image = np.kron(np.arange(48, dtype=np.uint8).reshape(6, 8, 1) * 5, np.ones((10, 10, 3), np.uint8))
+    messages = with_speech_system_prompt(normalize_messages(
+        [{"role": "user", "content": [{"type": "image", "image": image},
+                                      {"type": "text", "text": "What is it?"}]}]))
+    codes, _ = lockstep_codes(model, messages, 6)
+    assert len(codes) > 0 and codes == offline_codes(model, messages, 6)
 
 
 def test_lockstep_with_an_end_of_turn_token(model):

@@ -7,6 +7,7 @@ run in its own venv named by $OMNI_EDGE_REF457_PYTHON (.ci/run makes it)."""
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
@@ -45,11 +46,13 @@ def speech_messages(content):
 def trace_for(model, messages, n=THINKER_TOKENS):
     """Run our Thinker greedily for n tokens, capturing what the Talker reads."""
     prompt = prepare_prompt(model, messages, n, 32768, False)
-    ids, embeds, placeholders = prompt.ids, prompt.embeds, prompt.placeholders
     capture = []
-    reply = list(generate_step(model, ids, max_tokens=n, input_embeddings=embeds, capture=capture))
-    return ThinkerTrace(ids, mx.concatenate([e for e, _ in capture]),
-                        mx.concatenate([h for _, h in capture]), reply, placeholders)
+    reply = list(generate_step(model, prompt.ids, max_tokens=n, input_embeddings=prompt.embeds,
+                               capture=capture, position_ids=prompt.positions,
+                               rope_delta=prompt.rope_delta))
+    return ThinkerTrace(prompt.ids, mx.concatenate([e for e, _ in capture]),
+                        mx.concatenate([h for _, h in capture]), reply, prompt.placeholders,
+                        prompt.media)
 
 
 def spoken(codes):
@@ -58,14 +61,14 @@ def spoken(codes):
     return [c if c < 8194 else 0 for c in codes]
 
 
-def reference_457(tmp_path, model_dir, trace, audio=None):
+def reference_457(tmp_path, model_dir, trace, inputs=None):
     if not REF457:
         pytest.skip("set OMNI_EDGE_REF457_PYTHON to a python with torch 2.13.0 + transformers 4.57.6")
     request = {"model": str(model_dir), "input_ids": trace.prompt_ids, "voice": "Chelsie",
                "thinker_tokens": THINKER_TOKENS, "talker_tokens": TALKER_TOKENS}
-    if audio is not None:
-        np.savez(tmp_path / "audio.npz", **audio)
-        request["audio"] = str(tmp_path / "audio.npz")
+    if inputs is not None:
+        np.savez(tmp_path / "inputs.npz", **inputs)
+        request["inputs"] = str(tmp_path / "inputs.npz")
     (tmp_path / "request.json").write_text(json.dumps(request))
     done = subprocess.run([REF457, str(REF_SCRIPT), str(tmp_path / "request.json")],
                           capture_output=True, text=True, timeout=600)
@@ -119,6 +122,29 @@ def test_greedy_codes_match_the_release_pipeline_audio(setup, tmp_path):
     assert trace.reply_ids == expected["thinker_ids"]
     codes = list(talker_codes(model, trace, model.voices["Chelsie"], GREEDY))
     assert codes[: len(expected["codes"])] == spoken(expected["codes"])
+
+
+def test_greedy_codes_match_the_release_pipeline_image(setup, tmp_path):
+    """With an image the Talker's positions come from the TMRoPE index over its own ids."""
+    model, fixture = setup
+    image = (np.random.default_rng(6).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+             .repeat(7, axis=0).repeat(7, axis=1))  # 84 x 112, blocky
+    messages = speech_messages([{"type": "image", "image": image}, {"type": "text", "text": "Describe it."}])
+    trace = trace_for(model, messages)
+    assert trace.media["image_grids"] == [(1, 6, 8)]
+    processor = reference_processor(fixture)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=text, images=[image], return_tensors="pt")
+    assert inputs["input_ids"][0].tolist() == trace.prompt_ids
+    expected = reference_457(tmp_path, fixture, trace, {
+        "pixel_values": inputs["pixel_values"].numpy(),
+        "image_grid_thw": inputs["image_grid_thw"].numpy()})
+    assert trace.reply_ids == expected["thinker_ids"]
+    codes = list(talker_codes(model, trace, model.voices["Chelsie"], GREEDY))
+    assert codes[: len(expected["codes"])] == spoken(expected["codes"])
+    # the positions matter: sequential ones give other codes
+    sequential = replace(trace, media={})
+    assert list(talker_codes(model, sequential, model.voices["Chelsie"], GREEDY)) != codes
 
 
 def test_talker_sampler_keeps_what_transformers_keeps():

@@ -8,8 +8,8 @@ transformers==4.57.6) and is run as a subprocess:
     python omni_457.py REQUEST.json  → prints {"thinker_ids": [...], "codes": [...]} as JSON
 
 REQUEST: {"model": dir, "input_ids": [...], "voice": name, "thinker_tokens": N,
-          "talker_tokens": M, "audio": optional path of an .npz with input_features and
-          feature_attention_mask}
+          "talker_tokens": M, "inputs": optional path of an .npz of the processor's other
+          outputs (input_features, feature_attention_mask, pixel_values, image_grid_thw)}
 """
 
 import json
@@ -32,10 +32,8 @@ def main(request_path: str):
     model.token2wav.forward = capture_codes
     ids = torch.tensor([req["input_ids"]])
     kwargs = {}
-    if req.get("audio"):
-        data = np.load(req["audio"])
-        kwargs = {"input_features": torch.tensor(data["input_features"]),
-                  "feature_attention_mask": torch.tensor(data["feature_attention_mask"])}
+    if req.get("inputs"):  # the processor's other outputs: audio features, pixel values, grids
+        kwargs = {k: torch.tensor(v) for k, v in np.load(req["inputs"]).items()}
     with torch.no_grad():
         text_ids, _ = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), speaker=req["voice"],
