@@ -60,8 +60,7 @@ def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = Non
     """Run the conversation loop. `player_factory(sample_rate=...)` replaces the sound card
     (tests); playback problems are reported before the model loads."""
     from .chat import ChatSession
-    from .cli import save_wav
-    from .loading import load
+    from .cli import load_for_speech, save_wav
     from .playback import Player
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
@@ -69,7 +68,7 @@ def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = Non
     player_factory = player_factory or Player
     if play:
         player_factory(sample_rate=SAMPLE_RATE).close()  # fail now, with the install hint
-    model = load(args.model)
+    model = load_for_speech(args)
     session = ChatSession(model, system=args.system, **session_options(args))
     speech: List[np.ndarray] = []
     print(HELP, file=stdout)

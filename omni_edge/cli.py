@@ -75,6 +75,9 @@ def _add_talker_options(p):
     p.add_argument("--chunk-frames", type=int, default=216,
                    help="mel frames (multiple of 24) in the later audio windows; larger means "
                         "fewer windows (the reference uses 72)")
+    p.add_argument("--dit-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the Token2Wav DiT's compute type (float32 as the reference; bfloat16 is "
+                        "~2.5x faster per window on an H100 and drifts ~0.1%% from it)")
     p.add_argument("--token2wav-steps", type=int, default=10,
                    help="ODE time points per audio window (10 = the reference; fewer is faster)")
 
@@ -142,12 +145,11 @@ def user_content(args) -> list:
 
 def run_generate(args):
     from .generate import stream
-    from .loading import load
 
     messages = [{"role": "user", "content": user_content(args)}]
     if args.system:
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": args.system}]})
-    model = load(args.model)
+    model = load_for_speech(args)
     kwargs = generation_kwargs(args)
     kwargs["use_audio_in_video"] = args.use_audio_in_video
     if args.speak:
@@ -187,6 +189,18 @@ def save_wav(path: str, chunks: list):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def load_for_speech(args):
+    """The model of `args.model`, its DiT in `args.dit_dtype` when it speaks."""
+    import mlx.core as mx
+
+    from .loading import load
+
+    model = load(args.model)
+    if args.dit_dtype != "float32" and getattr(model, "token2wav", None) is not None:
+        model.token2wav.code2wav_dit_model.set_dtype(getattr(mx, args.dit_dtype))
+    return model
 
 
 def write_wav(path: str, chunks: list, stats):
