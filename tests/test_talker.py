@@ -23,7 +23,8 @@ from omni_edge.convert.mlx import convert  # noqa: E402
 from omni_edge.generate import generate_step, prepare_prompt  # noqa: E402
 from omni_edge.processing.prompt import SPEECH_SYSTEM_PROMPT, normalize_messages  # noqa: E402
 from omni_edge.speech import (SpeechError, TalkerOptions, ThinkerTrace, make_talker_sampler,  # noqa: E402
-                              talker_codes, talker_inputs, with_speech_system_prompt)
+                              talker_codes, talker_inputs, talker_positions,
+                              with_speech_system_prompt)
 
 REF457 = os.environ.get("OMNI_EDGE_REF457_PYTHON")
 REF_SCRIPT = Path(__file__).parent / "reference" / "omni_457.py"
@@ -61,7 +62,7 @@ def spoken(codes):
     return [c if c < 8194 else 0 for c in codes]
 
 
-def reference_457(tmp_path, model_dir, trace, inputs=None):
+def reference_457(tmp_path, model_dir, trace, inputs=None, use_audio_in_video=False):
     if not REF457:
         pytest.skip("set OMNI_EDGE_REF457_PYTHON to a python with torch 2.13.0 + transformers 4.57.6")
     request = {"model": str(model_dir), "input_ids": trace.prompt_ids, "voice": "Chelsie",
@@ -69,6 +70,7 @@ def reference_457(tmp_path, model_dir, trace, inputs=None):
     if inputs is not None:
         np.savez(tmp_path / "inputs.npz", **inputs)
         request["inputs"] = str(tmp_path / "inputs.npz")
+    request["use_audio_in_video"] = use_audio_in_video
     (tmp_path / "request.json").write_text(json.dumps(request))
     done = subprocess.run([REF457, str(REF_SCRIPT), str(tmp_path / "request.json")],
                           capture_output=True, text=True, timeout=600)
@@ -145,6 +147,51 @@ def test_greedy_codes_match_the_release_pipeline_image(setup, tmp_path):
     # the positions matter: sequential ones give other codes
     sequential = replace(trace, media={})
     assert list(talker_codes(model, sequential, model.voices["Chelsie"], GREEDY)) != codes
+
+
+@pytest.mark.parametrize("with_sound", [False, True])
+def test_greedy_codes_match_the_release_pipeline_video(setup, tmp_path, with_sound):
+    """A video (and its sound interleaved per 2 s): the Talker's time-aligned positions. Both
+    sides read the same pixels and log-mel (our processing equals the reference pipeline's,
+    tests/test_vision_parity.py), so no torchvision is needed here."""
+    pytest.importorskip("av")
+    from media import write_clip
+
+    model, fixture = setup
+    clip = write_clip(tmp_path / "clip.mp4", "libx264", "aac" if with_sound else None,
+                      size=(84, 56), seconds=4.5)
+    messages = speech_messages([{"type": "video", "video": str(clip)},
+                                {"type": "text", "text": "What happens?"}])
+    inputs = model.processor.prepare(messages, use_audio_in_video=with_sound)
+    prompt = prepare_prompt(model, messages, THINKER_TOKENS, 32768, False, with_sound)
+    capture = []
+    reply = list(generate_step(model, prompt.ids, max_tokens=THINKER_TOKENS,
+                               input_embeddings=prompt.embeds, capture=capture,
+                               position_ids=prompt.positions, rope_delta=prompt.rope_delta))
+    trace = ThinkerTrace(prompt.ids, mx.concatenate([e for e, _ in capture]),
+                         mx.concatenate([h for _, h in capture]), reply, prompt.placeholders,
+                         prompt.media)
+    video = inputs.videos[0]
+    arrays = {"pixel_values_videos": video.pixel_values,
+              "video_grid_thw": np.array([video.grid_thw]),
+              "video_second_per_grid": np.array([video.second_per_grid], np.float32)}
+    if with_sound:
+        mel = inputs.audio_features[0]
+        arrays.update(input_features=mel[None],
+                      feature_attention_mask=np.ones((1, mel.shape[-1]), np.int64))
+    expected = reference_457(tmp_path, fixture, trace, arrays, use_audio_in_video=with_sound)
+    assert trace.reply_ids == expected["thinker_ids"]
+    codes = list(talker_codes(model, trace, model.voices["Chelsie"], GREEDY))
+    assert codes[: len(expected["codes"])] == spoken(expected["codes"])
+    # The fixture's greedy codes happen not to change with sequential positions here, so show
+    # the time-aligned positions do reach the Talker's logits (the positions themselves equal
+    # transformers' in tests/test_rope_index.py).
+    embeds, text_ids, _, _ = talker_inputs(model.thinker, model.talker.cfg, trace,
+                                           model.voices["Chelsie"]["bos_token"])
+    positions, _ = talker_positions(model.talker.cfg, text_ids, trace.media)
+    aligned = np.asarray(model.talker(embeds[None], position_ids=mx.array(positions)[:, None]))
+    sequential = np.asarray(model.talker(embeds[None]))
+    assert np.abs(aligned - sequential).max() / np.abs(sequential).max() > 1e-3
 
 
 def test_talker_sampler_keeps_what_transformers_keeps():

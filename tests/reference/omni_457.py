@@ -9,7 +9,8 @@ transformers==4.57.6) and is run as a subprocess:
 
 REQUEST: {"model": dir, "input_ids": [...], "voice": name, "thinker_tokens": N,
           "talker_tokens": M, "inputs": optional path of an .npz of the processor's other
-          outputs (input_features, feature_attention_mask, pixel_values, image_grid_thw)}
+          outputs (input_features, feature_attention_mask, pixel_values, image_grid_thw, ...),
+          "use_audio_in_video": optional bool}
 """
 
 import json
@@ -34,6 +35,8 @@ def main(request_path: str):
     kwargs = {}
     if req.get("inputs"):  # the processor's other outputs: audio features, pixel values, grids
         kwargs = {k: torch.tensor(v) for k, v in np.load(req["inputs"]).items()}
+    if req.get("use_audio_in_video"):
+        kwargs["use_audio_in_video"] = True
     with torch.no_grad():
         text_ids, _ = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), speaker=req["voice"],
