@@ -11,7 +11,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import mlx.core as mx
 
-from .speech import SpeechError, TalkerOptions, TalkerSession, hand_off, talker_positions
+from .speech import SpeechError, TalkerOptions, TalkerSession, hand_off, reply_tail, start_talker
 
 
 class Lockstep:
@@ -23,22 +23,20 @@ class Lockstep:
         self.model, self.prompt_ids, self.placeholders = model, prompt_ids, placeholders
         self.media = media or {}  # rope_index's media lists when the prompt holds vision
         self.voice, self.opts, self.max_tokens = voice, opts, max_tokens
-        cfg = model.talker.cfg
-        self.tail = model.thinker.embed(mx.array([cfg.tts_text_end_token_id, cfg.tts_text_pad_token_id]))
+        self.tail = reply_tail(model.thinker, model.talker.cfg)
         self.session: Optional[TalkerSession] = None
         self.pending: Optional[mx.array] = None
         self.codes, self.done, self.finish_reason = 0, False, "length"
 
-    def _start(self, capture: list):
+    def _start(self, capture: list, first_token: int):
         rows = capture[:]  # the prefill passes, then the pass that fed r1
         embeds = mx.concatenate([e for e, _ in rows])
         hidden = mx.concatenate([h for _, h in rows])
-        prefill, codec_prompt = hand_off(self.model.thinker, self.model.talker.cfg, self.prompt_ids,
-                                         embeds, hidden, self.placeholders, self.voice["bos_token"])
-        text_ids = self.prompt_ids + [self.voice["bos_token"], self.first_token]
-        positions, delta = talker_positions(self.model.talker.cfg, text_ids, self.media)
-        self.session = TalkerSession(self.model, codec_prompt, self.opts, positions, delta)
-        self.pending = self.session.prefill(prefill)
+        prefill, text_ids, codec_prompt = hand_off(
+            self.model.thinker, self.model.talker.cfg, self.prompt_ids, embeds, hidden,
+            self.placeholders, self.voice["bos_token"], first_token)
+        self.session, self.pending = start_talker(self.model, prefill, text_ids, codec_prompt,
+                                                  self.media, self.opts)
         self.first_fed = len(rows)  # capture index of the pass that fed r2
 
     def _advance(self, part: mx.array) -> Optional[int]:
@@ -65,8 +63,7 @@ class Lockstep:
             if k >= self.max_tokens:  # a length-limited reply's last token is never fed
                 continue
             if k == 1:
-                self.first_token = token
-                self._start(capture)
+                self._start(capture, token)
                 continue
             e, h = capture[self.first_fed + k - 2]
             code = self._advance((e + h)[-1])

@@ -58,11 +58,12 @@ def with_speech_system_prompt(messages: list) -> list:
 
 
 def hand_off(thinker, cfg, prompt_ids: List[int], embeds: mx.array, hidden: mx.array,
-             multimodal_ids: tuple, bos_token: int):
+             multimodal_ids: tuple, bos_token: int, first_token: int):
     """The Talker's prefill from the Thinker rows of the prompt and of the first reply token
     (P + 1 rows of input embedding and final hidden): embeddings [P+2, E] = [hidden + embedding
-    with multimodal embeddings zeroed, the voice's bos embedding, r1's state], and the codec
-    prompt ids (mask codes, then codec pad and bos; omni_spec §7.2)."""
+    with multimodal embeddings zeroed, the voice's bos embedding, r1's state], the Talker's
+    text ids (prompt, bos, r1: positions only) and the codec prompt ids (mask codes, then
+    codec pad and bos; omni_spec §7.2)."""
     P = len(prompt_ids)
     ids = mx.array(prompt_ids)
     keep = mx.ones((P,), dtype=mx.bool_)
@@ -73,7 +74,21 @@ def hand_off(thinker, cfg, prompt_ids: List[int], embeds: mx.array, hidden: mx.a
     first = hidden[P : P + 1] + embeds[P : P + 1]
     codec_prompt = [cfg.tts_codec_mask_token_id] * P + [cfg.tts_codec_pad_token_id,
                                                          cfg.tts_codec_start_token_id]
-    return mx.concatenate([prefix, bos, first], axis=0), codec_prompt
+    text_ids = prompt_ids + [bos_token, first_token]
+    return mx.concatenate([prefix, bos, first], axis=0), text_ids, codec_prompt
+
+
+def reply_tail(thinker, cfg) -> mx.array:
+    """What the Talker reads once the reply is out [2, E]: `text_eos`, then `text_pad` (kept)."""
+    return thinker.embed(mx.array([cfg.tts_text_end_token_id, cfg.tts_text_pad_token_id]))
+
+
+def start_talker(model, prefill: mx.array, text_ids: List[int], codec_prompt: List[int],
+                 media: dict, opts: TalkerOptions):
+    """A TalkerSession fed the hand-off, with its TMRoPE positions, and its first (lazy) code."""
+    positions, delta = talker_positions(model.talker.cfg, text_ids, media)
+    session = TalkerSession(model, codec_prompt, opts, positions, delta)
+    return session, session.prefill(prefill)
 
 
 def talker_inputs(thinker, talker_cfg, trace: ThinkerTrace, bos_token: int):
@@ -84,12 +99,11 @@ def talker_inputs(thinker, talker_cfg, trace: ThinkerTrace, bos_token: int):
     n_fed = len(trace.reply_ids) - 1
     if n_fed < 1:
         raise SpeechError("the text reply is empty, so there is nothing to speak")
-    embeds, codec_prompt = hand_off(thinker, talker_cfg, trace.prompt_ids, trace.embeds,
-                                    trace.hidden, trace.multimodal_ids, bos_token)
+    embeds, text_ids, codec_prompt = hand_off(thinker, talker_cfg, trace.prompt_ids, trace.embeds,
+                                              trace.hidden, trace.multimodal_ids, bos_token,
+                                              trace.reply_ids[0])
     reply = trace.hidden[P + 1 : P + n_fed] + trace.embeds[P + 1 : P + n_fed]
-    tail = thinker.embed(mx.array([talker_cfg.tts_text_end_token_id, talker_cfg.tts_text_pad_token_id]))
-    text_ids = trace.prompt_ids + [bos_token, trace.reply_ids[0]]
-    return embeds, text_ids, codec_prompt, mx.concatenate([reply, tail], axis=0)
+    return embeds, text_ids, codec_prompt, mx.concatenate([reply, reply_tail(thinker, talker_cfg)])
 
 
 def talker_positions(talker_cfg, text_ids: List[int], media: dict):
@@ -191,9 +205,7 @@ def talker_codes(model, trace: ThinkerTrace, voice: dict, opts: TalkerOptions) -
     end/pad code, not yielded) or `opts.max_codec_tokens` are out."""
     embeds, text_ids, codec_prompt, reply_stream = talker_inputs(
         model.thinker, model.talker.cfg, trace, voice["bos_token"])
-    positions, delta = talker_positions(model.talker.cfg, text_ids, trace.media)
-    session = TalkerSession(model, codec_prompt, opts, positions, delta)
-    code = session.prefill(embeds)
+    session, code = start_talker(model, embeds, text_ids, codec_prompt, trace.media, opts)
     for j in range(opts.max_codec_tokens):
         part = reply_stream[min(j, reply_stream.shape[0] - 1)]
         nxt = session.step(code, part) if j + 1 < opts.max_codec_tokens else None
