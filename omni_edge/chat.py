@@ -5,7 +5,7 @@ from typing import Iterator, List, Optional
 
 import mlx.core as mx
 
-from .generate import Event, Prompt, Turn, embed_prompt, media_placeholders, prompt_positions
+from .generate import Event, Turn, build_prompt, end_of_turn_ids
 
 
 class ChatSession:
@@ -50,10 +50,7 @@ class ChatSession:
                              f"the context of {turn.context}; reset it (/reset in the CLI)")
         keep = self._reusable(inputs.input_ids)
         self._trim(keep)
-        positions, delta = prompt_positions(self.model, inputs, keep)
-        prompt = Prompt(inputs.input_ids, embed_prompt(self.model, inputs, keep),
-                        media_placeholders(self.model), positions, delta, keep,
-                        inputs.media() if inputs.has_vision else {})
+        prompt = build_prompt(self.model, inputs, keep)
         capture = ([self.rows] if self.rows else []) if self.speak else None
         fed: List[int] = []
         try:
@@ -101,8 +98,7 @@ class ChatSession:
                     mx.concatenate([h for _, h in capture])[:offset])
             mx.eval(rows)
             self.rows = rows
-        eos = set(self.model.processor.tokenizer.eos_token_ids)
-        eos.add(self.model.config.thinker_config.eos_token_id)
+        eos = end_of_turn_ids(self.model)
         reply = [t for t in fed if t not in eos]
         if fed and fed[-1] in eos or reply:
             text = self.model.processor.tokenizer.decode(reply)

@@ -246,6 +246,14 @@ def prompt_positions(model, inputs, start: int = 0):
     return positions[:, start:], delta
 
 
+def build_prompt(model, inputs, cached: int = 0) -> Prompt:
+    """The Prompt of processed `inputs` whose first `cached` ids the KV cache already holds:
+    the rest embedded with its media, and its positions laid out."""
+    positions, delta = prompt_positions(model, inputs, cached)
+    return Prompt(inputs.input_ids, embed_prompt(model, inputs, cached), media_placeholders(model),
+                  positions, delta, cached, inputs.media() if inputs.has_vision else {})
+
+
 def prepare_prompt(model, messages, max_tokens: int, context: int, truncate: bool,
                    use_audio_in_video: bool = False) -> Prompt:
     """The prompt of `messages` fitted to the context, with its media embedded and its
@@ -257,11 +265,16 @@ def prepare_prompt(model, messages, max_tokens: int, context: int, truncate: boo
         raise ValueError(f"the prompt ({len(inputs.input_ids)} tokens) does not fit the context of "
                          f"{context}; with images or video it can't be truncated: use fewer or "
                          "smaller ones (max_pixels) or a larger max_context")
-    embeds = embed_prompt(model, inputs)
-    positions, delta = prompt_positions(model, inputs)
-    return Prompt(prompt_ids, embeds[drop:] if embeds is not None else None,
-                  media_placeholders(model), positions, delta,
-                  media=inputs.media() if inputs.has_vision else {})
+    prompt = build_prompt(model, inputs)
+    if not drop:
+        return prompt
+    return replace(prompt, ids=prompt_ids,
+                   embeds=prompt.embeds[drop:] if prompt.embeds is not None else None)
+
+
+def end_of_turn_ids(model) -> set:
+    """The ids that end the Thinker's reply: the tokenizer's and the config's."""
+    return set(model.processor.tokenizer.eos_token_ids) | {model.config.thinker_config.eos_token_id}
 
 
 def check_speech(model, voice: str) -> dict:
@@ -383,7 +396,7 @@ class Turn:
         """The reply to `prompt`. Every token the Thinker yields is appended to `fed` (the
         caller reads the cache offset to know how many of them the cache holds)."""
         model = self.model
-        eos = set(model.processor.tokenizer.eos_token_ids) | {model.config.thinker_config.eos_token_id}
+        eos = end_of_turn_ids(model)
         processors = ([make_repetition_penalty(self.repetition_penalty)]
                       if self.repetition_penalty != 1.0 else [])
         n_tokens = min(self.max_tokens, self.context - len(prompt.ids))

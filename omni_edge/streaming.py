@@ -122,9 +122,7 @@ class StreamingToken2Wav:
         return [self._run_window(final=True)]
 
     def _one_shot(self) -> AudioChunk:
-        n = self.frames
-        audio = self.model(self.codes, self.voice, self.noise[:n], self.steps, self.guidance)
-        self.dit_calls += self.dit_calls_per_window
+        audio = self.model.code2wav_bigvgan_model(self._sample(0, self.frames))[0]
         return self._emit(audio)
 
     def _run_window(self, final: bool) -> AudioChunk:
