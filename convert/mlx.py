@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import uuid
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -12,6 +11,7 @@ from mlx.utils import tree_flatten
 from ..config import OmniConfig
 from ..models.omni import OmniModel
 from . import speakers as speakers_io
+from .atomic import atomic_dir
 from .hub import CheckpointError, resolve_model_path, weight_shards
 
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
@@ -163,10 +163,7 @@ def convert(
             "to quantize, convert the original Hugging Face checkpoint instead"
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         quantization = (quantization_section(bits, q_group_size) if quantize
                         else raw.get("quantization") if converted else None)
         _write_weights(src, tmp, config, dtype=DTYPES[dtype], bits=bits, group_size=q_group_size,
@@ -175,10 +172,6 @@ def convert(
             dtype = raw[FORMAT_KEY].get("dtype", dtype)
         _write_config(raw, tmp, dtype, quantization)
         _copy_support_files(src, tmp, converted)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -237,12 +230,3 @@ def _copy_support_files(src: Path, out: Path, converted: bool):
     elif (src / "spk_dict.pt").is_file():
         speakers_io.save_speakers(speakers_io.load_speakers(src / "spk_dict.pt"), out)
 
-
-def _replace(tmp: Path, out: Path):
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    else:
-        tmp.rename(out)

@@ -3,7 +3,6 @@
 import json
 import shutil
 import tempfile
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
@@ -48,28 +47,22 @@ def export(hf_path: str, out: str, components: Sequence[str] = COMPONENTS, *, fo
     if out_dir.exists() and out_dir.resolve() == src.resolve():
         raise ValueError(f"--out {out_dir} is the input checkpoint itself; choose another folder")
 
-    from ..mlx import _replace
+    from ..atomic import atomic_dir
     from .components import EXPORTERS, export_voices
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     work = Path(tempfile.mkdtemp(prefix="omni-coreml-"))
     try:
-        ctx = _Context(src, tmp, work, opts, config)
-        manifest = {"format": "omni-edge-coreml", "format_version": 1, "source": src.name,
-                    "minimum_deployment_target": "iOS18", "options": _options_doc(opts),
-                    "components": {}}
-        for name in opts.components:
-            manifest["components"][name] = EXPORTERS[name](ctx)
-        if config.has_speech and ("talker" in opts.components or "dit" in opts.components):
-            manifest["speakers"] = export_voices(ctx)
-        manifest["tokenizer"] = _copy_tokenizer(src, tmp)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_dir(out_dir) as tmp:
+            ctx = _Context(src, tmp, work, opts, config)
+            manifest = {"format": "omni-edge-coreml", "format_version": 1, "source": src.name,
+                        "minimum_deployment_target": "iOS18", "options": _options_doc(opts),
+                        "components": {}}
+            for name in opts.components:
+                manifest["components"][name] = EXPORTERS[name](ctx)
+            if config.has_speech and ("talker" in opts.components or "dit" in opts.components):
+                manifest["speakers"] = export_voices(ctx)
+            manifest["tokenizer"] = _copy_tokenizer(src, tmp)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
