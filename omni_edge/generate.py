@@ -22,7 +22,7 @@ FIRST_CHUNK_FRAMES = 24
 CHUNK_FRAMES = 216
 PREFILL_STEP = 2048
 CLEAR_CACHE_EVERY = 256
-GENERATION_STREAM = mx.new_stream(mx.default_device())
+GENERATION_STREAM = mx.new_thread_local_stream(mx.default_device())  # per thread: generate from any thread
 
 
 @dataclass(frozen=True)
