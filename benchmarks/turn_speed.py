@@ -62,13 +62,22 @@ SIZES = {  # omni_spec.md §2, in the published layout
                           look_backward_layers=[0, 2]),
                  bigvgan=dict(upsample_initial_channel=64)),  # a smoke test of this script
 }
-VARIANTS = {
+VARIANTS = {  # SpeechOptions for each row
     "reference": dict(first_chunk_frames=None, chunk_frames=None, token2wav_steps=10,
-                      dit_dtype="float32"),
-    "fast": dict(first_chunk_frames=24, chunk_frames=None, token2wav_steps=10, dit_dtype="bfloat16"),
-    "fast6": dict(first_chunk_frames=24, chunk_frames=None, token2wav_steps=6, dit_dtype="bfloat16"),
-    "long": dict(first_chunk_frames=24, chunk_frames=216, token2wav_steps=10, dit_dtype="bfloat16"),
-    "long6": dict(first_chunk_frames=24, chunk_frames=216, token2wav_steps=6, dit_dtype="bfloat16"),
+                      dit_dtype="float32", overlap=False),
+    "fast": dict(first_chunk_frames=24, chunk_frames=None, token2wav_steps=10, dit_dtype="bfloat16",
+                 overlap=False),
+    "fast6": dict(first_chunk_frames=24, chunk_frames=None, token2wav_steps=6, dit_dtype="bfloat16",
+                  overlap=False),
+    "long": dict(first_chunk_frames=24, chunk_frames=216, token2wav_steps=10, dit_dtype="bfloat16",
+                 overlap=False),
+    "long6": dict(first_chunk_frames=24, chunk_frames=216, token2wav_steps=6, dit_dtype="bfloat16",
+                  overlap=False),
+    # the windows rendered on their own stream while decoding goes on
+    "overlap": dict(first_chunk_frames=24, chunk_frames=216, token2wav_steps=10,
+                    dit_dtype="bfloat16", overlap=True),
+    "overlap48": dict(first_chunk_frames=48, chunk_frames=216, token2wav_steps=10,
+                      dit_dtype="bfloat16", overlap=True),
 }
 SPEAKER_BOS = 151870
 THINKER_IDS = {  # as the published config.json writes them
@@ -141,9 +150,7 @@ def turn(model, clip, text_tokens: int, codes: int, variant: dict, noise) -> dic
     audio = []
     for event in stream(model, messages(clip), speak=True, max_tokens=text_tokens,
                         max_codec_tokens=codes, min_codec_tokens=codes, seed=0, noise=noise,
-                        first_chunk_frames=variant["first_chunk_frames"],
-                        chunk_frames=variant["chunk_frames"],
-                        token2wav_steps=variant["token2wav_steps"]):
+                        **variant):
         if event.type == "audio":
             audio.append(event.audio)
         if event.type == "done":
@@ -266,7 +273,8 @@ def summarize(paths):
         first = f"{r['ttfa_s']:.2f}s/{r.get('first_chunk_s', 0) * 1000:.0f}ms"
         stalls = f"{r.get('stalls', 0)} ({r.get('stall_s', 0):.2f}s)" if "stalls" in r else "-"
         print(f"{r['size']:4} {r['impl']:22} {r['variant']:10} {r['total_s']:8.2f} {first:>12} "
-              f"{r.get('glitch_free_start_s', r['ttfa_s']):11.2f} {stalls:>11} {r['rtf']:6.2f} {r.get('thinker_tok_s', 0):8.1f} {r.get('talker_tok_s', 0):7.1f} "
+              f"{r.get('glitch_free_start_s', r['ttfa_s']):11.2f} {stalls:>11} {r['rtf']:6.2f} "
+              f"{r.get('thinker_tok_s', 0):8.1f} {r.get('talker_tok_s', 0):7.1f} "
               f"{r.get('audio_drift', float('nan')):6.3f} {ratio:>6}")
 
 

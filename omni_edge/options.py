@@ -53,7 +53,8 @@ class SpeechOptions:
     """How a reply is spoken. Talker options keep the reference's names and defaults;
     `first_chunk_frames`/`chunk_frames` size the audio windows (multiples of the DiT's 24-frame
     block; None for the reference's 72); `token2wav_steps` are the ODE time points; `dit_dtype`
-    the DiT's compute type (None keeps the model's)."""
+    the DiT's compute type (None keeps the model's); `overlap` renders each audio window on a
+    stream of its own while decoding goes on (False: decoding waits for each window)."""
 
     voice: str = "Chelsie"
     talker_temperature: float = TALKER_TEMPERATURE
@@ -66,6 +67,7 @@ class SpeechOptions:
     chunk_frames: Optional[int] = CHUNK_FRAMES
     token2wav_steps: int = TOKEN2WAV_STEPS
     dit_dtype: Optional[str] = None
+    overlap: bool = True  # render audio windows on their own stream while decoding goes on
 
     def __post_init__(self):
         if self.talker_repetition_penalty <= 0:

@@ -14,6 +14,7 @@ from .options import GenerationOptions, SpeechOptions
 from .processing.prompt import normalize_messages
 from .processing.thinker_input import Prompt, end_of_turn_ids
 from .sampling import make_repetition_penalty, make_thinker_sampler
+from .speech.render import Renderer
 from .speech.talker import Lockstep, TalkerState
 from .speech.timeline import listening
 from .speech.voice import check_speech, with_speech_system_prompt
@@ -137,16 +138,17 @@ def text_stats(n_prompt: int, n_generated: int, start: float, first: float,
 
 
 class _Audio:
-    """The audio events of one utterance and when each arrived."""
+    """The audio events of one utterance, when each arrived and what the renderer expected."""
 
-    def __init__(self, start: float):
-        self.start, self.arrivals, self.samples = start, [], 0
+    def __init__(self, start: float, renderer: Renderer):
+        self.start, self.renderer, self.arrivals, self.samples = start, renderer, [], 0
 
     def chunks(self, pieces) -> Iterator[AudioChunk]:
         for audio, at in pieces:
-            self.arrivals.append((time.perf_counter() - self.start, at, len(audio)))
+            eta = self.renderer.eta()
+            self.arrivals.append((time.perf_counter() - self.start, at, len(audio), eta))
             self.samples += len(audio)
-            yield AudioChunk(np.asarray(audio, dtype=np.float32), at)
+            yield AudioChunk(np.asarray(audio, dtype=np.float32), at, next_in_s=eta)
 
 
 def _speak(turn: Turn, steps, capture, eos, text: ReplyText, prompt: Prompt, n_tokens: int,
@@ -158,21 +160,27 @@ def _speak(turn: Turn, steps, capture, eos, text: ReplyText, prompt: Prompt, n_t
     vocoder = StreamingToken2Wav(model.token2wav, turn.speaker, noise=turn.options.noise,
                                  steps=speech.token2wav_steps,
                                  first_chunk_frames=speech.first_chunk_frames,
-                                 chunk_frames=speech.chunk_frames)
+                                 chunk_frames=speech.chunk_frames, lazy=speech.overlap)
+    renderer = Renderer(vocoder, speech.overlap)
     codes: List[int] = []
     first_code = None
-    audio = _Audio(turn.start)
-    for kind, value in lockstep.run(steps, capture, eos):
-        if kind == "text":
-            yield from text.add(value)
-        else:
-            first_code = first_code or time.perf_counter()
-            codes.append(value)
-            yield from audio.chunks(vocoder.push([value]))
-    text.finish_reason = lockstep.finish_reason
-    yield from text.flush()
-    text.end = lockstep.text_done  # Thinker tok/s counts the reply, not the speech after it
-    yield from audio.chunks(vocoder.finish())
+    audio = _Audio(turn.start, renderer)
+    try:
+        for kind, value in lockstep.run(steps, capture, eos):
+            if kind == "text":
+                yield from text.add(value)
+            else:
+                first_code = first_code or time.perf_counter()
+                codes.append(value)
+                renderer.push([value])
+            yield from audio.chunks(renderer.ready())
+        text.finish_reason = lockstep.finish_reason
+        yield from text.flush()
+        text.end = lockstep.text_done  # Thinker tok/s counts the reply, not the speech after it
+        renderer.finish()
+        yield from audio.chunks(renderer.rest())
+    finally:
+        renderer.close()
     end = time.perf_counter()
     yield Done(text.decoded(), text.ids, text.finish_reason,
                speech_stats(turn, prompt, text, codes, audio, first_code, end), codes)
@@ -184,7 +192,7 @@ def speech_stats(turn: Turn, prompt: Prompt, text: ReplyText, codes: list, audio
     stats = text_stats(len(prompt.new_ids), len(text.ids), start, text.first or text.end, text.end)
     seconds = audio.samples / SPEECH_SAMPLE_RATE
     heard = listening(audio.arrivals, SPEECH_SAMPLE_RATE)
-    first = audio.arrivals[0] if audio.arrivals else (end - start, 0, 0)
+    first = audio.arrivals[0] if audio.arrivals else (end - start, 0, 0, 0.0)
     return replace(
         stats, codec_tokens=len(codes),
         talker_tps=(len(codes) - 1) / (end - first_code) if first_code and len(codes) > 1 else 0.0,
@@ -192,4 +200,6 @@ def speech_stats(turn: Turn, prompt: Prompt, text: ReplyText, codes: list, audio
         time_to_first_audio=first[0], first_audio_seconds=first[2] / SPEECH_SAMPLE_RATE,
         real_time_factor=(end - start) / seconds if seconds else 0.0,
         glitch_free_start_s=heard.glitch_free_start_s, stalls=heard.stalls,
-        stall_s=heard.stall_s, peak_memory_gb=mx.get_peak_memory() / 1e9)
+        stall_s=heard.stall_s, player_start_s=heard.player_start_s,
+        player_stalls=heard.player_stalls, player_stall_s=heard.player_stall_s,
+        peak_memory_gb=mx.get_peak_memory() / 1e9)

@@ -113,11 +113,12 @@ def test_parse_line():
 class RecordingPlayer:
     made = []
 
-    def __init__(self, sample_rate):
-        self.chunks, self.closed = [], False
+    def __init__(self, sample_rate, jitter_ms):
+        self.chunks, self.closed, self.underruns = [], False, 0
         RecordingPlayer.made.append(self)
 
-    def write(self, chunk):
+    def write(self, chunk, ahead_s=None):
+        assert ahead_s is not None and ahead_s >= 0  # the renderer's estimate reaches the player
         self.chunks.append(np.array(chunk))
 
     def close(self, wait=True):
