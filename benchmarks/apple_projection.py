@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from omni_edge import costs
 
@@ -47,6 +48,7 @@ SETTINGS = dict(thinker_bits=4, talker_bits=8, dit_dtype="bfloat16")
 DEFAULT_COMPUTE_EFFICIENCY = 0.6
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.85
 APPLE_LAUNCH_US = 5.0  # an assumption: one MLX kernel dispatch on Metal
+MEMORY_SHARE = 0.75  # an assumption: the share of RAM macOS lets the GPU wire by default
 PLAYER_START_S = 0.15  # the issue's player: starts once 150 ms are buffered
 # The streaming Token2Wav schedule (omni_edge/streaming.py): mel frames, 2 per code.
 BLOCK, PAST, FUTURE, BASE_CHUNK, VOCODER_CONTEXT = 24, 48, 24, 72, 20
@@ -155,9 +157,11 @@ def dit_key(frames: int, cfg: bool) -> str:
     return f"dit_eval@{frames}{'+cfg' if cfg else ''}"
 
 
-def count_graphs(size: str, settings: dict, shapes: dict) -> dict:
+def count_graphs(size: str, settings: dict, shapes: dict) -> tuple:
+    """({key: cost}, GB of weights the model holds)."""
     model = costs.build(size, **settings)
-    return {key: costs.graph_cost(model, name, **shape).to_dict() for key, (name, shape) in shapes.items()}
+    weights = sum(p.nbytes for _, p in tree_flatten(model.parameters())) / 1e9
+    return {key: costs.graph_cost(model, name, **shape).to_dict() for key, (name, shape) in shapes.items()}, weights
 
 
 def roofline_terms(cost: dict, tflops, bandwidth_gbs: float) -> tuple:
@@ -314,7 +318,7 @@ def project(size: str, settings: dict = SETTINGS, presets: dict = PRESETS, workl
     """The projection as JSON: one row per chip (the contract), each with every preset."""
     chips = chips or load_chips()
     presets = check_presets(presets)
-    counted = count_graphs(size, settings, graph_shapes(workload, presets))
+    counted, weights_gb = count_graphs(size, settings, graph_shapes(workload, presets))
     reference = chips["reference_devices"]["h200"]
     calibrated = calibrate(calibration, reference) if calibration else {}
     device = calibration.get("device") if calibration else None
@@ -323,8 +327,11 @@ def project(size: str, settings: dict = SETTINGS, presets: dict = PRESETS, workl
         times = chip_times(chip, counted, calibrated, launch_us)
         rows.append({"chip": chip["name"], "bandwidth_gbs": chip["bandwidth_gbs"],
                      "fp32_tflops": chip["fp32_tflops"], "bf16_native": chip["bf16_native"],
+                     "max_memory_gb": chip["max_memory_gb"],
+                     "fits_in_memory": weights_gb <= MEMORY_SHARE * chip["max_memory_gb"],
                      "presets": {name: simulate(times, workload, p) for name, p in presets.items()}})
     return {"projection": True, "size": size, "settings": settings, "workload": workload,
+            "weights_gb": weights_gb,
             "presets": presets, "launch_us": launch_us,
             "default_efficiency": {"compute": DEFAULT_COMPUTE_EFFICIENCY,
                                    "bandwidth": DEFAULT_BANDWIDTH_EFFICIENCY},
@@ -335,21 +342,28 @@ def project(size: str, settings: dict = SETTINGS, presets: dict = PRESETS, workl
 
 
 def markdown(result: dict) -> str:
-    """The README table: one line per chip and preset, labelled as a projection."""
-    s = result["settings"]
-    lines = [f"Projection (not measured) for Qwen2.5-Omni-{result['size'].upper()}, "
-             f"{s['thinker_bits'] or 16}-bit Thinker, DiT {s['dit_dtype']}: "
-             f"{result['workload']['audio_in_s']:g} s audio question, {result['workload']['reply_tokens']} "
-             f"reply tokens, {result['workload']['codes']} codes"
-             + (f" (calibrated on {result['calibration_device']})" if result["calibrated"]
-               else " (uncalibrated: default efficiencies)"), "",
-             "| chip | preset | decode tok/s | Token2Wav RTF | glitch-free start | turn | stalls (150 ms player) |",
-             "|---|---|---|---|---|---|---|"]
+    """The README table, labelled as a projection: one line per chip, three columns per preset."""
+    s, w = result["settings"], result["workload"]
+    names = list(result["rows"][0]["presets"]) if result["rows"] else []
+    head = ["chip", "GB/s", "FP32 TFLOP/s", "decode tok/s"] + [
+        f"{n}: {col}" for n in names for col in ("Token2Wav RTF", "glitch-free start", "turn")]
+    lines = [f"**Projection, not a measurement**: Qwen2.5-Omni-{result['size'].upper()}, "
+             f"{str(s['thinker_bits']) + '-bit' if s['thinker_bits'] else 'bf16'} Thinker, DiT "
+             f"{s['dit_dtype']}; {w['audio_in_s']:g} s audio question, {w['reply_tokens']} reply tokens, "
+             f"{w['codes']} codes ({w['codes'] / 50:g} s of speech); {result['weights_gb']:.1f} GB of weights; "
+             + (f"calibrated on {result['calibration_device']}" if result["calibrated"]
+                else "uncalibrated (default efficiencies)") + f", {result['launch_us']:g} µs per kernel launch.",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result["rows"]:
-        for name, p in row["presets"].items():
-            lines.append(f"| {row['chip']} | {name} | {p['decode_tok_s']:.0f} | {p['token2wav_rtf']:.2f} | "
-                         f"{p['glitch_free_start_s']:.1f} s | {p['turn_s']:.1f} s | "
-                         f"{p['stalls']} ({p['stall_s']:.1f} s) |")
+        marks = ("" if row["bf16_native"] else "¹") + ("" if row["fits_in_memory"] else "²")
+        cells = [row["chip"] + marks, f"{row['bandwidth_gbs']:g}",
+                 f"{row['fp32_tflops']:g}", f"{row['presets'][names[0]]['decode_tok_s']:.0f}"]
+        for n in names:
+            p = row["presets"][n]
+            cells += [f"{p['token2wav_rtf']:.2f}", f"{p['glitch_free_start_s']:.1f} s", f"{p['turn_s']:.1f} s"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "¹ no bf16 hardware: bf16 graphs may run slower than projected. "
+              f"² the weights exceed {MEMORY_SHARE:.0%} of the chip's largest memory option."]
     return "\n".join(lines)
 
 
@@ -367,7 +381,7 @@ def measure(size: str, settings: dict, presets: dict, workload: dict, repeats: i
             device: str = None) -> dict:
     """Time every graph of the turn on this machine (random weights) and count it too."""
     shapes = graph_shapes(workload, check_presets(presets))
-    counted = count_graphs(size, settings, shapes)
+    counted, _ = count_graphs(size, settings, shapes)
     model = costs.build(size, **settings, materialize=True)
     graphs = {}
     for key, (name, shape) in shapes.items():
@@ -388,7 +402,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="3b", choices=costs.SIZES)
     ap.add_argument("--thinker-bits", type=int, default=SETTINGS["thinker_bits"], choices=[0, 4, 8])
-    ap.add_argument("--talker-bits", type=int, default=SETTINGS["talker_bits"], choices=[0, 4, 8])
+    ap.add_argument("--talker-bits", type=int, choices=[0, 4, 8],
+                    help="default: 8 when the Thinker is quantized, else 0 (bf16), as the converter")
     ap.add_argument("--dit-dtype", default=SETTINGS["dit_dtype"], choices=costs.FLOAT_DTYPES)
     ap.add_argument("--presets", type=Path, help="JSON file: {name: {solver, points, cfg_fraction, "
                     "first_chunk_frames, chunk_frames}} (default: reference and a fast placeholder)")
@@ -402,7 +417,8 @@ def main(argv=None):
     ap.add_argument("--markdown", action="store_true", help="print only the README table")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
-    settings = dict(thinker_bits=a.thinker_bits, talker_bits=a.talker_bits, dit_dtype=a.dit_dtype)
+    talker_bits = a.talker_bits if a.talker_bits is not None else (8 if a.thinker_bits else 0)
+    settings = dict(thinker_bits=a.thinker_bits, talker_bits=talker_bits, dit_dtype=a.dit_dtype)
     try:
         presets = json.loads(a.presets.read_text()) if a.presets else PRESETS
         if a.measure:
