@@ -38,6 +38,8 @@ CHIPS_FILE = HERE / "apple_chips.json"
 SOLVERS = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}  # velocity evaluations per step
 PRESETS = {
     "reference": dict(solver="rk4", points=10, cfg_fraction=1.0, first_chunk_frames=24, chunk_frames=216),
+    "reference, overlapped": dict(solver="rk4", points=10, cfg_fraction=1.0, first_chunk_frames=24,
+                                  chunk_frames=216, overlap=True),  # item 3's first lever
     "fast": dict(solver="midpoint", points=6, cfg_fraction=0.5, first_chunk_frames=24,
                  chunk_frames=216),  # a placeholder until the solver presets land
 }
@@ -89,11 +91,14 @@ def check_presets(presets: dict) -> dict:
                 raise ValueError(f"preset {name!r}: {key} must be a positive multiple of the DiT "
                                  f"block ({BLOCK} frames), e.g. 24, 72 or 216; got {frames!r}")
             windows[key] = frames
+        overlap = p.pop("overlap", False)
+        if not isinstance(overlap, bool):
+            raise ValueError(f"preset {name!r}: overlap must be true or false, got {overlap!r}")
         if p:
             raise ValueError(f"preset {name!r}: unknown settings {sorted(p)}; known: solver, points, "
-                             "evaluations, cfg_fraction, first_chunk_frames, chunk_frames")
+                             "evaluations, cfg_fraction, first_chunk_frames, chunk_frames, overlap")
         out[name] = dict(evaluations=evaluations, cfg_evaluations=round(fraction * evaluations),
-                         **windows)
+                         overlap=overlap, **windows)
     return out
 
 
@@ -216,9 +221,10 @@ def chip_times(chip: dict, counted: dict, calibrated: dict, launch_us: float) ->
 
 
 def simulate(times: dict, workload: dict, preset: dict) -> dict:
-    """The turn as the runtime runs it today: prefill, then Thinker + Talker in lockstep (one code
-    per reply token), the Talker alone after the reply, each window run as soon as its codes are
-    in, blocking both decoders."""
+    """The turn: prefill, then Thinker + Talker in lockstep (one code per reply token), the Talker
+    alone after the reply; each window runs once its codes are in. As the runtime does today, a
+    window blocks both decoders; with the preset's `overlap` it renders on its own queue while
+    decoding goes on (ideal overlap: the two share the GPU without slowing each other)."""
     codes, reply = workload["codes"], workload["reply_tokens"]
     wins = windows(codes, preset["first_chunk_frames"], preset["chunk_frames"])
     n_cfg, n_plain = preset["cfg_evaluations"], preset["evaluations"] - preset["cfg_evaluations"]
@@ -228,21 +234,28 @@ def simulate(times: dict, workload: dict, preset: dict) -> dict:
                 + times[f"bigvgan_window@{w['vocoder_frames']}"])
 
     t = times["audio_encoder"] + times["thinker_prefill"] + times["talker_prefill"]
-    arrivals, render, pending = [], 0.0, list(wins)
+    arrivals, render, free = [], 0.0, 0.0  # free: when the render queue is next idle
+
+    def run(w):
+        nonlocal t, render, free
+        render += window_s(w)
+        if preset.get("overlap"):
+            free = max(t, free) + window_s(w)
+            arrivals.append((free, w))
+        else:
+            t += window_s(w)
+            arrivals.append((t, w))
+
+    pending = list(wins)
     for n in range(1, codes + 1):
         t += times["talker_step"] + (times["thinker_decode"] if n <= reply else 0.0)
         while pending and pending[0]["after_code"] == n:
-            w = pending.pop(0)
-            t += window_s(w)
-            render += window_s(w)
-            arrivals.append((t, w))
+            run(pending.pop(0))
     for w in pending:  # the final window (or the one-shot utterance)
-        t += window_s(w)
-        render += window_s(w)
-        arrivals.append((t, w))
+        run(w)
     audio_s = codes * 2 * SAMPLES_PER_FRAME / SAMPLE_RATE
     return dict(decode_tok_s=1.0 / times["thinker_decode"], talker_tok_s=1.0 / times["talker_step"],
-                token2wav_rtf=render / audio_s, turn_s=t, first_chunk_s=arrivals[0][0],
+                token2wav_rtf=render / audio_s, turn_s=max(t, arrivals[-1][0]), first_chunk_s=arrivals[0][0],
                 first_chunk_audio_s=arrivals[0][1]["samples"] / SAMPLE_RATE,
                 glitch_free_start_s=max(a - w["start_sample"] / SAMPLE_RATE for a, w in arrivals),
                 **player(arrivals))
@@ -406,7 +419,8 @@ def main(argv=None):
                     help="default: 8 when the Thinker is quantized, else 0 (bf16), as the converter")
     ap.add_argument("--dit-dtype", default=SETTINGS["dit_dtype"], choices=costs.FLOAT_DTYPES)
     ap.add_argument("--presets", type=Path, help="JSON file: {name: {solver, points, cfg_fraction, "
-                    "first_chunk_frames, chunk_frames}} (default: reference and a fast placeholder)")
+                    "first_chunk_frames, chunk_frames, overlap}} (default: the reference sampler, "
+                    "blocking and overlapped, and a fast placeholder)")
     ap.add_argument("--calibration", type=Path, help="graph times written by --measure on the H200")
     ap.add_argument("--measure", action="store_true", help="time every graph here and write --out")
     ap.add_argument("--repeats", type=int, default=5)

@@ -150,6 +150,11 @@ def test_turn_simulation_by_hand():
     assert r["glitch_free_start_s"] == pytest.approx(max(first, final - 960 / 24000))
     assert r["token2wav_rtf"] == pytest.approx(1.0 / 1.2)
     assert (r["stalls"], r["stall_s"]) == (0, 0.0)  # 40 ms never reaches the 150 ms start
+    # rendering on its own queue: the codes after 25 keep coming while window 0 renders
+    r = ap.simulate(times, dict(codes=60, reply_tokens=0), {**preset, "overlap": True})
+    assert r["first_chunk_s"] == pytest.approx(first)
+    assert r["turn_s"] == pytest.approx(first + 0.5)  # the final window waits for window 0 only
+    assert r["glitch_free_start_s"] == pytest.approx(first + 0.5 - 960 / 24000)
 
 
 def test_player_stalls_when_a_chunk_is_late():
@@ -170,7 +175,7 @@ def test_projection_json_has_one_row_per_chip(tiny):
         assert name in chips
     assert [r["chip"] for r in tiny["rows"]] == chips
     for row in tiny["rows"]:
-        assert set(row["presets"]) == {"reference", "fast"}
+        assert set(row["presets"]) == {"reference", "reference, overlapped", "fast"}
         for p in row["presets"].values():
             assert p["turn_s"] >= p["glitch_free_start_s"] > 0 and p["decode_tok_s"] > 0
     json.dumps(tiny)
@@ -192,6 +197,10 @@ def test_faster_chips_project_faster_turns(tiny):
     assert rows["M4 Max"]["turn_s"] < rows["M4 Pro"]["turn_s"] < rows["M4"]["turn_s"]
     fast = {r["chip"]: r["presets"]["fast"] for r in tiny["rows"]}
     assert fast["M1"]["token2wav_rtf"] < rows["M1"]["token2wav_rtf"]
+    for r in tiny["rows"]:  # overlapping never delays anything
+        blocking, overlapped = r["presets"]["reference"], r["presets"]["reference, overlapped"]
+        assert overlapped["turn_s"] <= blocking["turn_s"] + 1e-9
+        assert overlapped["glitch_free_start_s"] <= blocking["glitch_free_start_s"] + 1e-9
 
 
 def test_reference_preset_costs_what_the_issue_estimates():
@@ -253,6 +262,7 @@ def test_decode_crosscheck_against_mlx_lm_omni():
     ({"first_chunk_frames": 0}, "multiple of the DiT block"),
     ({"cfg_fraction": 1.5}, r"cfg_fraction .* \[0, 1\]"),
     ({"window": 72}, "unknown settings"),
+    ({"overlap": "yes"}, "overlap must be true or false"),
 ])
 def test_bad_presets_are_refused(preset, message):
     with pytest.raises(ValueError, match=message):
