@@ -7,18 +7,23 @@ Thinker decode step, a DiT evaluation, a BigVGAN window, ...) is traced with `mx
 bytes are summed per primitive, kernels are the primitives that launch work. The fused fast ops
 (RMSNorm, LayerNorm, RoPE, attention) are one kernel on Metal and CUDA but expand into their
 fallbacks on the CPU, so while tracing they are stood in for by one node each (`fused_fast_ops`).
-Graphs that the runtime compiles (the DiT evaluation, BigVGAN's filters) count each connected
-group of elementwise primitives as one kernel whose intermediates never reach memory.
+Inside what the runtime compiles (the DiT evaluation as a whole; BigVGAN's filters, swiglu and
+mlx.nn's activations, fenced while tracing by `compiled_regions`) each connected group of
+elementwise primitives is one kernel whose intermediates never reach memory; everything else
+runs eagerly, one kernel per primitive. Views (reshape, transpose, slice, broadcast) are free
+unless a reshape must copy a transposed array.
 
 The same builders run on materialized weights for timing (`benchmarks/apple_projection.py
 --measure`), so measured and counted graphs are the same graphs.
 """
 
 import contextlib
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
 import mlx.core as mx
+from mlx.utils import tree_map
 
 from .turn_graphs import FLOAT_DTYPES, SIZES, build, graph  # noqa: F401  (the counting API)
 
@@ -30,6 +35,11 @@ OPAQUE = {"Matmul", "AddMM", "QuantizedMatmul", "GatherMM", "GatherQMM", "Convol
           "ArgReduce", "Scan", "Softmax", "LogSumExp", "Gather", "GatherAxis", "Scatter",
           "ScatterAxis", "SliceUpdate", "Concatenate", "Pad", "Copy", "Sort", "ArgSort",
           "Partition", "ArgPartition", "RandomBits", "Fused", "Arange", "Full"}
+# Compiled functions of the model code fence their inputs and outputs while a graph is traced,
+# with a dependency on a constant of one of these shapes (no model array has them).
+ENTRY, EXIT = (3, 1, 7), (3, 1, 8)
+COMPILED = type(mx.compile(lambda x: x))
+SCANNED_MODULES = ("omni_edge.", "mlx.nn", "mlx_lm.models")
 NO_FLOPS = {"Gather", "GatherAxis", "Scatter", "ScatterAxis", "SliceUpdate", "Concatenate", "Pad",
             "Copy", "Arange", "Full", "AsType", "RandomBits"}
 
@@ -94,6 +104,48 @@ def fused_fast_ops():
             setattr(mx.fast, name, fn)
 
 
+def _fenced(fn, entry: mx.array, exit: mx.array, depth: list):
+    """`fn` with its inputs and outputs fenced; a call inside another fenced call is inlined, as
+    the compiler inlines it."""
+
+    def fence(tree, anchor):
+        return tree_map(lambda a: mx.depends([a], [anchor])[0] if isinstance(a, mx.array) else a, tree)
+
+    def call(*args, **kwargs):
+        if depth[0]:
+            return fn(*args, **kwargs)
+        depth[0] += 1
+        try:
+            args, kwargs = fence((args, kwargs), entry)
+            return fence(fn(*args, **kwargs), exit)
+        finally:
+            depth[0] -= 1
+
+    return call
+
+
+@contextlib.contextmanager
+def compiled_regions():
+    """While tracing, every `mx.compile`d function at module level in omni_edge, mlx.nn and
+    mlx_lm.models fences its inputs and outputs, so `count` fuses what the compiler fuses and
+    nothing else. Yields the names it fenced. Not thread-safe: it patches those modules."""
+    entry, exit = mx.zeros(ENTRY), mx.zeros(EXIT)
+    mx.eval(entry, exit)
+    patched, depth = [], [0]
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(SCANNED_MODULES):
+            continue
+        for attr, value in list(vars(module).items()):
+            if type(value) is COMPILED:
+                patched.append((module, attr, value))
+                setattr(module, attr, _fenced(value, entry, exit, depth))
+    try:
+        yield [f"{m.__name__}.{attr}" for m, attr, _ in patched]
+    finally:
+        for module, attr, value in patched:
+            setattr(module, attr, value)
+
+
 def trace(fn: Callable[[], object]) -> List[dict]:
     """The primitives of `fn()`'s graph, in order, as `mx.export_function` lists them; plus one
     entry with the constants (weights, caches) and one with the outputs."""
@@ -112,8 +164,10 @@ def trace(fn: Callable[[], object]) -> List[dict]:
 
 
 def count(fn: Callable[[], object], compiled: bool = False) -> Cost:
-    """The Cost of the graph `fn()` builds (no argument; closes over the model and inputs)."""
-    with fused_fast_ops() as fast:
+    """The Cost of the graph `fn()` builds (no argument; closes over the model and inputs);
+    `compiled` when the runtime compiles `fn` as a whole."""
+    # a graph compiled as a whole is one region: its inner compiled functions need no fences
+    with fused_fast_ops() as fast, contextlib.nullcontext() if compiled else compiled_regions():
         records = trace(fn)
     return _tally(records, fast.costs, compiled)
 
@@ -130,8 +184,11 @@ def _tally(records: List[dict], fast: dict, compiled: bool) -> Cost:
     cost = Cost()
     constants = {name: float(a.nbytes) for r in records if r["type"] == "constants"
                  for name, a in r["constants"]}
+    anchors = {name: tuple(a.shape) for r in records if r["type"] == "constants"
+               for name, a in r["constants"] if tuple(a.shape) in (ENTRY, EXIT)}
     outputs = {name for r in records if r["type"] == "outputs" for name, _, _ in r["outputs"]}
     prims = [r for r in records if r["type"] == "primitive"]
+    region = _compiled_primitives(prims, anchors) if not compiled else [True] * len(prims)
     producer, consumers, strided = {}, {}, set()
     for i, p in enumerate(prims):
         for name, _, _ in p["outputs"]:
@@ -146,15 +203,18 @@ def _tally(records: List[dict], fast: dict, compiled: bool) -> Cost:
             i = group[i]
         return i
 
+    def see_through(i):  # views, not the fused fast ops or the fences of compiled functions
+        return prims[i]["name"] in VIEWS - {"Depends"}
+
     def source(name):  # the primitive that made `name`, looking through views
         i = producer.get(name)
-        while i is not None and prims[i]["name"] in VIEWS - {"Depends"}:
+        while i is not None and see_through(i):
             i = producer.get(prims[i]["inputs"][0][0])
         return i
 
     def base(name):  # the array `name` views: a constant, or a kernel's output
         i = producer.get(name)
-        while i is not None and prims[i]["name"] in VIEWS - {"Depends"}:
+        while i is not None and see_through(i):
             name = prims[i]["inputs"][0][0]
             i = producer.get(name)
         return name
@@ -181,34 +241,49 @@ def _tally(records: List[dict], fast: dict, compiled: bool) -> Cost:
         _add(cost.flops, outs[0][2], _flops(name, ins, outs))
         if name not in ("Gather", "GatherAxis"):  # a gather reads rows, not its whole table
             read.update(b for b in map(base, (e[0] for e in ins)) if b in constants)
-        if compiled and elementwise(i):
+        if region[i] and elementwise(i):
             for e in ins:
                 j = source(e[0])
-                if j is not None and elementwise(j):
+                if j is not None and region[j] and elementwise(j):
                     group[root(i)] = root(j)
             continue
         cost.kernels += 1
         cost.bytes += _io_bytes(name, ins, outs)
-    if compiled:  # each fused group: one kernel reading its outside inputs, writing what leaves it
-        members = {}
-        for i in range(len(prims)):
-            if prims[i]["name"] not in VIEWS and elementwise(i):
-                members.setdefault(root(i), []).append(i)
-        for g, idx in members.items():
-            cost.kernels += 1
-            inside = set(idx)
-            ins = {}  # keyed by the array each input views: 12 slices of one array read it once
-            for e in (e for i in idx for e in prims[i]["inputs"]):
-                j = source(e[0])
-                if j is None or root(j) != g:
-                    b = base(e[0])
-                    ins[b] = (constants[b] if b in constants else
-                              _nbytes(e if j is None else prims[j]["outputs"][0]))
-            outs = [e for i in idx for e in prims[i]["outputs"]
-                    if e[0] in outputs or consumers.get(e[0], set()) - inside]
-            cost.bytes += sum(ins.values()) + sum(_nbytes(e) for e in outs)
+    members = {}  # each fused group: one kernel reading its outside inputs, writing what leaves it
+    for i in range(len(prims)):
+        if region[i] and elementwise(i):
+            members.setdefault(root(i), []).append(i)
+    for g, idx in members.items():
+        cost.kernels += 1
+        inside = set(idx)
+        ins = {}  # keyed by the array each input views: 12 slices of one array read it once
+        for e in (e for i in idx for e in prims[i]["inputs"]):
+            j = source(e[0])
+            if j is None or root(j) != g:
+                b = base(e[0])
+                ins[b] = (constants[b] if b in constants else
+                          _nbytes(e if j is None else prims[j]["outputs"][0]))
+        outs = [e for i in idx for e in prims[i]["outputs"]
+                if e[0] in outputs or consumers.get(e[0], set()) - inside]
+        cost.bytes += sum(ins.values()) + sum(_nbytes(e) for e in outs)
     cost.weight_bytes = sum(constants[n] for n in read)
     return cost
+
+
+def _compiled_primitives(prims: List[dict], anchors: dict) -> List[bool]:
+    """Which primitives lie inside a fenced compiled function: downstream of an entry fence,
+    upstream of an exit fence (the list is in topological order)."""
+    inside, marked = [False] * len(prims), set()
+    for i, p in enumerate(prims):
+        ins = p["inputs"]
+        if p["name"] == "Depends" and len(ins) == 2 and ins[1][0] in anchors:
+            if anchors[ins[1][0]] == ENTRY:
+                marked.update(o[0] for o in p["outputs"])
+            continue
+        if any(e[0] in marked for e in ins):
+            inside[i] = True
+            marked.update(o[0] for o in p["outputs"])
+    return inside
 
 
 def _moves_data(shape, arguments) -> bool:

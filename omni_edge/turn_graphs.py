@@ -165,7 +165,7 @@ def dit_eval(model, frames: int, cfg: bool = True, materialize: bool = False):
 def bigvgan_window(model, frames: int, materialize: bool = False):
     vocoder = model.token2wav.code2wav_bigvgan_model
     mel = zeros((1, vocoder.cfg.mel_dim, frames), mx.float32, materialize)
-    return (lambda: vocoder(mel)), True
+    return (lambda: vocoder(mel)), False  # only its filters are compiled
 
 
 def audio_encoder(model, seconds: float, materialize: bool = False):

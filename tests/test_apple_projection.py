@@ -97,6 +97,28 @@ def test_fused_fast_ops_and_compiled_elementwise_chains_are_one_kernel_each():
     assert matmul.total_flops == 2 * 4 * 256 * 64
 
 
+def test_the_runtimes_compiled_functions_fuse_and_nothing_else():
+    from omni_edge.models import bigvgan, layers
+
+    compiled = layers.swiglu
+    with costs.compiled_regions() as fenced:
+        assert {"omni_edge.models.layers.swiglu", "omni_edge.models.bigvgan.upsample2",
+                "omni_edge.models.bigvgan.downsample2"} <= set(fenced)
+    assert layers.swiglu is compiled  # put back
+    a, b = mx.zeros((1, 8, 64)), mx.zeros((1, 8, 64))
+    mx.eval(a, b)
+    assert costs.count(lambda: layers.swiglu(a, b)).kernels == 1  # silu(a) * b, compiled
+    assert costs.count(lambda: a * mx.sigmoid(a) * b).kernels == 3  # the same, eager
+    # BigVGAN: its filters are compiled, its SnakeBeta is not (yet): between the two extremes
+    model = costs.build("tiny")
+    fn, whole = costs.graph(model, "bigvgan_window", frames=24)
+    assert not whole
+    as_run, all_fused = costs.count(fn), costs.count(fn, compiled=True)
+    assert as_run.kernels > all_fused.kernels and as_run.bytes > all_fused.bytes
+    assert as_run.total_flops == pytest.approx(all_fused.total_flops, rel=0.03)  # CSE differs
+    assert bigvgan.upsample2 is not None
+
+
 def test_bad_arguments_to_the_counter():
     with pytest.raises(ValueError, match="3b, 7b, tiny"):
         costs.build("13b")
