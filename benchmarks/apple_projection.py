@@ -12,9 +12,14 @@ efficiency of each graph comes from `--calibration FILE`, measured times of the 
 an H200 written by `--measure` (the H200's own roofline and launch cost are divided out); a
 graph the H200 runs launch-bound tells nothing about its arithmetic and keeps the default.
 The turn is then replayed as the runtime schedules it today (Token2Wav windows block both
-decoders) for each preset (solver, evaluations, CFG, window sizes), giving decode tok/s,
+decoders; with a preset's `overlap` they render on their own queue) for each preset (solver,
+time points or evaluations, share of evaluations with CFG, window sizes), giving decode tok/s,
 Token2Wav RTF, the glitch-free start and the turn time. The decode figures are checked against
 mlx-lm-omni's published M4 Pro numbers.
+
+The JSON's `rows` (a contract): one per chip, {chip, bandwidth_gbs, fp32_tflops, bf16_native,
+max_memory_gb, fits_in_memory, presets: {name: {decode_tok_s, talker_tok_s, token2wav_rtf,
+turn_s, first_chunk_s, first_chunk_audio_s, glitch_free_start_s, stalls, stall_s}}}.
 
     python benchmarks/apple_projection.py --size 3b --out benchmarks/results/apple_3b.json
     python benchmarks/apple_projection.py --measure --size 3b --out benchmarks/results/graphs_3b_h200.json
@@ -382,6 +387,13 @@ def markdown(result: dict) -> str:
 
 def print_report(result: dict):
     print(markdown(result))
+    if result["calibrated"]:
+        print(f"\ncalibration ({result['calibration_device']}): graph, measured ms, roofline ms, "
+              "launches ms, efficiency, implied µs per launch")
+        for key, c in result["calibrated"].items():
+            eff = f"{c['efficiency']:.2f}" if c["efficiency"] else "launch-bound"
+            print(f"  {key:28} {c['measured_s'] * 1e3:9.2f} {c['roofline_s'] * 1e3:9.3f} "
+                  f"{c['launch_s'] * 1e3:9.2f}  {eff:>12}  {c['implied_launch_us']:6.1f}")
     print("\nDiT + BigVGAN TFLOP per second of speech: " + ", ".join(
         f"{k} {v:.2f}" for k, v in result["speech_tflop_per_s"].items()))
     for r in result["crosscheck"]:
@@ -422,6 +434,8 @@ def main(argv=None):
                     "first_chunk_frames, chunk_frames, overlap}} (default: the reference sampler, "
                     "blocking and overlapped, and a fast placeholder)")
     ap.add_argument("--calibration", type=Path, help="graph times written by --measure on the H200")
+    ap.add_argument("--reply-tokens", type=int, default=WORKLOAD["reply_tokens"])
+    ap.add_argument("--codes", type=int, default=WORKLOAD["codes"], help="codec tokens (50 per second)")
     ap.add_argument("--measure", action="store_true", help="time every graph here and write --out")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device-name", help="with --measure: the machine's name, e.g. 'NVIDIA H200'")
@@ -433,15 +447,18 @@ def main(argv=None):
     a = ap.parse_args(argv)
     talker_bits = a.talker_bits if a.talker_bits is not None else (8 if a.thinker_bits else 0)
     settings = dict(thinker_bits=a.thinker_bits, talker_bits=talker_bits, dit_dtype=a.dit_dtype)
+    workload = {**WORKLOAD, "reply_tokens": a.reply_tokens, "codes": a.codes}
     try:
+        if a.codes < 1 or a.reply_tokens < 1:
+            raise ValueError(f"--codes and --reply-tokens must be >= 1, got {a.codes} and {a.reply_tokens}")
         presets = json.loads(a.presets.read_text()) if a.presets else PRESETS
         if a.measure:
             if not a.out:
                 raise ValueError("--measure writes its times to --out FILE; pass one")
-            result = measure(a.size, settings, presets, WORKLOAD, a.repeats, a.device_name)
+            result = measure(a.size, settings, presets, workload, a.repeats, a.device_name)
         else:
             calibration = load_calibration(a.calibration, a.size, settings) if a.calibration else None
-            result = project(a.size, settings, presets, WORKLOAD, calibration=calibration,
+            result = project(a.size, settings, presets, workload, calibration=calibration,
                              launch_us=a.launch_us, cross=not a.no_crosscheck and a.size != "tiny")
             print(markdown(result) if a.markdown else "", end="\n" if a.markdown else "")
             if not a.markdown:

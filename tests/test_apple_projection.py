@@ -313,3 +313,18 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
         ap.main(["--size", "tiny", "--presets", str(presets)])
     with pytest.raises(SystemExit, match="--measure writes its times to --out"):
         ap.main(["--size", "tiny", "--measure"])
+
+
+def test_cli_writes_the_json_and_prints_the_table(tmp_path, capsys):
+    presets = tmp_path / "presets.json"
+    presets.write_text(json.dumps({"two-step euler": {"solver": "euler", "points": 3, "chunk_frames": 72}}))
+    out = tmp_path / "projection.json"
+    ap.main(["--size", "tiny", "--presets", str(presets), "--codes", "40", "--reply-tokens", "8",
+             "--markdown", "--out", str(out)])
+    table = capsys.readouterr().out
+    assert "two-step euler: turn" in table and "| M4 Max |" in table
+    result = json.loads(out.read_text())
+    assert result["presets"]["two-step euler"]["evaluations"] == 2
+    assert result["workload"]["codes"] == 40 and len(result["rows"]) == len(ap.load_chips()["chips"])
+    with pytest.raises(SystemExit, match="--codes and --reply-tokens must be >= 1"):
+        ap.main(["--size", "tiny", "--codes", "0"])
