@@ -187,21 +187,27 @@ def roofline(cost: dict, tflops, bandwidth_gbs: float) -> float:
 
 
 def calibrate(calibration: dict, reference: dict) -> dict:
-    """Efficiency per graph key from measured times on `reference` (its roofline and launch cost
-    divided out); None where the measured time is mostly launches."""
+    """Efficiency per graph key from measured times on `reference`, its roofline and launches
+    divided out; None where the measured time is mostly launches. The launch cost is fitted from
+    the launch-bound graphs themselves (median of measured minus default-efficiency roofline, per
+    kernel), falling back to the reference's published figure when none is."""
+    graphs = calibration["graphs"]
+    ideal, default = {}, {}
+    for key, g in graphs.items():
+        compute, memory = roofline_terms(g["cost"], reference["tflops"], reference["bandwidth_gbs"])
+        ideal[key] = max(compute, memory)
+        default[key] = max(compute / DEFAULT_COMPUTE_EFFICIENCY, memory / DEFAULT_BANDWIDTH_EFFICIENCY)
+    implied = {k: max(0.0, g["seconds"] - default[k]) / max(1, g["cost"]["kernels"]) for k, g in graphs.items()}
+    bound = [implied[k] for k, g in graphs.items() if default[k] < LAUNCH_BOUND * g["seconds"]]
+    launch = statistics.median(bound) if bound else reference["launch_us"] * 1e-6
     out = {}
-    launch = reference["launch_us"] * 1e-6
-    for key, g in calibration["graphs"].items():
-        ideal = roofline(g["cost"], reference["tflops"], reference["bandwidth_gbs"])
+    for key, g in graphs.items():
         work = g["seconds"] - g["cost"]["kernels"] * launch
         readable = work > LAUNCH_BOUND * g["seconds"]
-        compute, memory = roofline_terms(g["cost"], reference["tflops"], reference["bandwidth_gbs"])
-        default = max(compute / DEFAULT_COMPUTE_EFFICIENCY, memory / DEFAULT_BANDWIDTH_EFFICIENCY)
-        out[key] = dict(measured_s=g["seconds"], roofline_s=ideal, launch_s=g["cost"]["kernels"] * launch,
-                        efficiency=min(1.0, max(0.01, ideal / work)) if readable else None,
-                        # what one launch costs if the arithmetic ran at the default efficiency:
+        out[key] = dict(measured_s=g["seconds"], roofline_s=ideal[key], launch_s=g["cost"]["kernels"] * launch,
+                        efficiency=min(1.0, max(0.01, ideal[key] / work)) if readable else None,
                         # similar values across graphs say the kernel counts are right
-                        implied_launch_us=max(0.0, g["seconds"] - default) / max(1, g["cost"]["kernels"]) * 1e6)
+                        implied_launch_us=implied[key] * 1e6, fitted_launch_us=launch * 1e6)
     return out
 
 
@@ -388,8 +394,9 @@ def markdown(result: dict) -> str:
 def print_report(result: dict):
     print(markdown(result))
     if result["calibrated"]:
-        print(f"\ncalibration ({result['calibration_device']}): graph, measured ms, roofline ms, "
-              "launches ms, efficiency, implied µs per launch")
+        fitted = next(iter(result["calibrated"].values()))["fitted_launch_us"]
+        print(f"\ncalibration ({result['calibration_device']}, {fitted:.1f} µs per launch fitted): graph, "
+              "measured ms, roofline ms, launches ms, efficiency, implied µs per launch")
         for key, c in result["calibrated"].items():
             eff = f"{c['efficiency']:.2f}" if c["efficiency"] else "launch-bound"
             print(f"  {key:28} {c['measured_s'] * 1e3:9.2f} {c['roofline_s'] * 1e3:9.3f} "

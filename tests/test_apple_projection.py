@@ -239,16 +239,19 @@ def test_reference_preset_costs_what_the_issue_estimates():
 
 
 def test_calibration_divides_out_the_reference_roofline_and_launches():
-    ref = {"tflops": {"float32": 50.0}, "bandwidth_gbs": 1000.0, "launch_us": 10.0}
-    cost = {"flops_by_dtype": {"float32": 5e12}, "bytes": 1e9, "kernels": 100}  # 0.1 s compute
-    cal = {"graphs": {"dit_eval@48+cfg": {"seconds": 0.2 + 100 * 10e-6, "cost": cost},
-                      "thinker_decode": {"seconds": 100 * 10e-6 * 1.05, "cost": cost}}}
+    ref = {"tflops": {"float32": 50.0}, "bandwidth_gbs": 1000.0, "launch_us": 99.0}
+    compute_bound = {"flops_by_dtype": {"float32": 5e12}, "bytes": 1e9, "kernels": 100}  # 0.1 s at peak
+    tiny = {"flops_by_dtype": {"float32": 5e6}, "bytes": 1e3, "kernels": 100}
+    cal = {"graphs": {"dit_eval@48+cfg": {"seconds": 0.2 + 100 * 10e-6, "cost": compute_bound},
+                      "thinker_decode": {"seconds": 100 * 10e-6, "cost": tiny},  # 10 µs a launch
+                      "talker_step": {"seconds": 200 * 10e-6, "cost": {**tiny, "kernels": 200}}}}
     out = ap.calibrate(cal, ref)
-    assert out["dit_eval@48+cfg"]["efficiency"] == pytest.approx(0.5)
+    assert out["thinker_decode"]["fitted_launch_us"] == pytest.approx(10.0, rel=1e-3)  # not the 99
+    assert out["dit_eval@48+cfg"]["efficiency"] == pytest.approx(0.5, rel=1e-3)
     assert out["thinker_decode"]["efficiency"] is None  # launch-bound: unreadable
     chip = {"fp32_tflops": 10.0, "bandwidth_gbs": 100.0}
-    times = ap.chip_times(chip, {"dit_eval@96+cfg": cost}, out, launch_us=2.0)
-    assert times["dit_eval@96+cfg"] == pytest.approx(0.5 / 0.5 + 100 * 2e-6)  # the family's efficiency
+    times = ap.chip_times(chip, {"dit_eval@96+cfg": compute_bound}, out, launch_us=2.0)
+    assert times["dit_eval@96+cfg"] == pytest.approx(0.5 / 0.5 + 100 * 2e-6, rel=1e-3)  # the family's
 
 
 def test_measure_then_project_with_the_calibration(tmp_path):
