@@ -392,6 +392,10 @@ def markdown(result: dict) -> str:
 
 
 def print_report(result: dict):
+    print(f"graphs of the turn ({result['size']}, counted): GFLOP, GB moved, kernels")
+    for key, c in result["graphs"].items():
+        print(f"  {key:28} {c['flops'] / 1e9:10.2f} {c['bytes'] / 1e9:8.3f} {c['kernels']:6d}")
+    print()
     print(markdown(result))
     if result["calibrated"]:
         fitted = next(iter(result["calibrated"].values()))["fitted_launch_us"]
