@@ -108,11 +108,9 @@ def check_presets(presets: dict) -> dict:
 
 
 def chunk_start(i: int, first: int, later: int) -> int:
-    if i == 0:
-        return 0
-    if later == BASE_CHUNK or first >= BASE_CHUNK:
-        return first + (i - 1) * later
-    return first + (BASE_CHUNK if i >= 2 else 0) + max(0, i - 2) * later
+    """Window i's first mel frame, as streaming.StreamingToken2Wav lays them out: the first
+    chunk, then doubling up to the later size."""
+    return sum(first if j == 0 else min(later, first << j) for j in range(i))
 
 
 def windows(codes: int, first: int, later: int) -> list:

@@ -153,8 +153,9 @@ def test_window_schedule_matches_streaming_token2wav(codes, first, later):
 
 
 def test_turn_simulation_by_hand():
-    """60 codes, 24-frame first window: window 0 runs after code 25 (50 frames > 24 + 24) and
-    emits 4 frames (24 minus the 20 the vocoder keeps back); the final window emits the rest."""
+    """60 codes, 48-frame first window then 72-frame ones: window 0 runs after code 37 (74
+    frames > 48 + 24) and emits 28 frames (48 minus the 20 the vocoder keeps back); window 1
+    would need 144 frames, so the final window emits the rest."""
 
     class Times(dict):
         def __missing__(self, key):  # each DiT evaluation and each vocoder call: 0.25 s
@@ -162,21 +163,23 @@ def test_turn_simulation_by_hand():
 
     times = Times(audio_encoder=0.0, thinker_prefill=0.0, talker_prefill=0.0, thinker_decode=1e-3,
                   talker_step=0.01)
-    preset = dict(evaluations=1, cfg_evaluations=1, first_chunk_frames=24, chunk_frames=72)
+    preset = dict(evaluations=1, cfg_evaluations=1, first_chunk_frames=48, chunk_frames=72)
     r = ap.simulate(times, dict(codes=60, reply_tokens=0), preset)
-    first = 25 * 0.01 + 0.5
-    final = first + 35 * 0.01 + 0.5
+    first = 37 * 0.01 + 0.5
+    final = first + 23 * 0.01 + 0.5
+    audio0 = 28 * 240 / 24000
     assert r["first_chunk_s"] == pytest.approx(first)
-    assert r["first_chunk_audio_s"] == pytest.approx(960 / 24000)
+    assert r["first_chunk_audio_s"] == pytest.approx(audio0)
     assert r["turn_s"] == pytest.approx(final)
-    assert r["glitch_free_start_s"] == pytest.approx(max(first, final - 960 / 24000))
+    assert r["glitch_free_start_s"] == pytest.approx(max(first, final - audio0))
     assert r["token2wav_rtf"] == pytest.approx(1.0 / 1.2)
-    assert (r["stalls"], r["stall_s"]) == (0, 0.0)  # 40 ms never reaches the 150 ms start
-    # rendering on its own queue: the codes after 25 keep coming while window 0 renders
+    # the 150 ms player starts with window 0; the rest is due 0.28 s later, comes 0.73 s later
+    assert (r["stalls"], r["stall_s"]) == (1, pytest.approx(final - first - audio0))
+    # rendering on its own queue: the codes after 37 keep coming while window 0 renders
     r = ap.simulate(times, dict(codes=60, reply_tokens=0), {**preset, "overlap": True})
     assert r["first_chunk_s"] == pytest.approx(first)
     assert r["turn_s"] == pytest.approx(first + 0.5)  # the final window waits for window 0 only
-    assert r["glitch_free_start_s"] == pytest.approx(first + 0.5 - 960 / 24000)
+    assert r["glitch_free_start_s"] == pytest.approx(first + 0.5 - audio0)
 
 
 def test_player_stalls_when_a_chunk_is_late():
