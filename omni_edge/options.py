@@ -26,6 +26,7 @@ class GenerationOptions:
     """The Thinker's sampling (temperature 0 is greedy) and the turn's limits."""
 
     max_tokens: int = DEFAULT_MAX_TOKENS
+    min_tokens: int = 0  # the reply is not ended before this many tokens (forced lengths)
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0

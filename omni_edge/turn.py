@@ -13,7 +13,7 @@ from .events import SPEECH_SAMPLE_RATE, AudioChunk, Done, Event, GenerationStats
 from .options import GenerationOptions, SpeechOptions
 from .processing.prompt import normalize_messages
 from .processing.thinker_input import Prompt, end_of_turn_ids
-from .sampling import make_repetition_penalty, make_thinker_sampler
+from .sampling import make_min_tokens, make_repetition_penalty, make_thinker_sampler
 from .speech.render import Renderer
 from .speech.talker import Lockstep, TalkerState
 from .speech.timeline import listening
@@ -60,6 +60,8 @@ class Turn:
         eos = end_of_turn_ids(model)
         processors = ([make_repetition_penalty(opts.repetition_penalty)]
                       if opts.repetition_penalty != 1.0 else [])
+        if opts.min_tokens:
+            processors.append(make_min_tokens(eos, opts.min_tokens))
         n_tokens = min(opts.max_tokens, self.context - len(prompt.ids))
         if n_tokens < 1:
             raise ValueError(f"the conversation fills the context ({len(prompt.ids)} of "

@@ -6,7 +6,7 @@ import sys
 
 from ..convert.coreml import cli as convert_coreml
 from ..playback import PlaybackError
-from . import chat, convert, generate
+from . import bench, chat, convert, generate
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, PlaybackError)
 
@@ -27,7 +27,7 @@ def _run_demo(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omni-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (convert, convert_coreml, generate, chat):
+    for module in (convert, convert_coreml, generate, chat, bench):
         module.add_parser(sub)
     _add_demo(sub)
     return parser
