@@ -51,6 +51,12 @@ def _block_mask(n: int, block_size: int, back: int, ahead: int) -> np.ndarray:
     return (diff >= -back) & (diff <= ahead)
 
 
+@lru_cache(maxsize=4)
+def _time_freqs(half: int) -> np.ndarray:
+    freqs = np.exp(np.arange(half, dtype=np.float32) * np.float32(-math.log(MAX_PERIOD) / (half - 1)))
+    return freqs.astype(np.float32)
+
+
 class TimestepEmbedding(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
@@ -58,8 +64,7 @@ class TimestepEmbedding(nn.Module):
 
     def __call__(self, t: mx.array, dtype) -> mx.array:
         """t [B] in [0, 1] → [B, dim]; the sinusoid is computed in float32."""
-        half = FREQ_EMBED_DIM // 2
-        freqs = mx.exp(mx.arange(half, dtype=mx.float32) * -(math.log(MAX_PERIOD) / (half - 1)))
+        freqs = mx.array(_time_freqs(FREQ_EMBED_DIM // 2))  # a constant: no kernels per call
         angles = (TIME_SCALE * t.astype(mx.float32))[:, None] * freqs[None]  # (B, half)
         h = mx.concatenate([mx.sin(angles), mx.cos(angles)], axis=-1).astype(dtype)
         for layer in self.time_mlp:
