@@ -21,7 +21,6 @@ from ..config import BigVGANConfig
 FILTER_TAPS = 12
 FILTER_CUTOFF = 0.25  # 0.5 / ratio
 FILTER_HALF_WIDTH = 0.3  # 0.6 / ratio
-PAD_MODE = "edge"  # the reference pads by replicating the edge samples
 UPSAMPLE_GAIN = 2.0  # = the ratio: a transposed conv spreads each sample over 2 outputs
 SNAKE_EPS = 1e-9
 # process_mel_spectrogram: amplitude → dB, floored at MIN_DB, shifted by REF_DB, scaled to [-1, 1].
@@ -52,6 +51,17 @@ def kaiser_sinc_filter(taps: int = FILTER_TAPS, cutoff: float = FILTER_CUTOFF,
     return h
 
 
+def edge_pad(x: mx.array, left: int, right: int) -> mx.array:
+    """Pad the time axis of x [B, T, C] by replicating its edge samples, as the reference does:
+    one gather with constant indices (`mx.pad(mode="edge")` takes 4-6 kernels)."""
+    return mx.take(x, mx.array(_edge_index(x.shape[1], left, right)), axis=1)
+
+
+@lru_cache(maxsize=64)
+def _edge_index(n: int, left: int, right: int) -> np.ndarray:
+    return np.clip(np.arange(-left, n + right), 0, n - 1).astype(np.int32)
+
+
 @mx.compile
 def upsample2(x: mx.array) -> mx.array:
     """[B, T, C] → [B, 2T, C]: the reference's replicate pad 5, depthwise transposed conv
@@ -63,7 +73,7 @@ def upsample2(x: mx.array) -> mx.array:
     B, T, C = x.shape
     half = len(f) // 2
     # The phases read x[m-3 .. m+3]: xp[i] = x[i-3].
-    xp = mx.pad(x, [(0, 0), (half // 2, half // 2), (0, 0)], mode=PAD_MODE)
+    xp = edge_pad(x, half // 2, half // 2)
     even = sum(float(UPSAMPLE_GAIN * f[2 * j + 1]) * xp[:, half - 1 - j: half - 1 - j + T]
                for j in range(half))
     odd = sum(float(UPSAMPLE_GAIN * f[2 * j]) * xp[:, half - j: half - j + T] for j in range(half))
@@ -78,7 +88,7 @@ def downsample2(x: mx.array) -> mx.array:
     B, L, C = x.shape
     T, half = (L + 1) // 2, len(f) // 2
     # One more sample on the right than the reference for even L (never read) pairs them up.
-    xp = mx.pad(x, [(0, 0), (half - 1, half + 1 + L % 2), (0, 0)], mode=PAD_MODE)
+    xp = edge_pad(x, half - 1, half + 1 + L % 2)
     pairs = xp.reshape(B, -1, 2, C)  # (B, T+6, 2, C)
     return sum(float(f[2 * j]) * pairs[:, j: j + T, 0] + float(f[2 * j + 1]) * pairs[:, j: j + T, 1]
                for j in range(half))
