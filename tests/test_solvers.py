@@ -8,7 +8,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
 
 from omni_edge import load
 from omni_edge.config import DiTConfig
@@ -89,7 +88,6 @@ def test_flops_per_frame_counted_from_the_built_layers():
                          if isinstance(m, nn.Linear) and any(p in name for p in per_frame))
     attention = cfg.num_hidden_layers * 2 * 2 * frames * cfg.num_attention_heads * cfg.head_dim
     assert dit_flops_per_frame(cfg, frames) == 2 * linear_weights + attention
-    assert len(tree_flatten(dit.parameters())) > 0
 
 
 def test_flops_per_speech_second_at_full_size():

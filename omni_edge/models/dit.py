@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import DiTConfig
 from .ecapa import ECAPA
-from .solvers import MIN_GUIDANCE, Solver, get_solver, increment, time_grid
+from .solvers import Solver, get_solver, increment, time_grid
 
 FREQ_EMBED_DIM = 256
 TIME_SCALE = 1000.0
