@@ -4,10 +4,12 @@ weights at full Qwen2.5-Omni size; the 3B and 7B share one Token2Wav).
 A steady-state window renders `chunk` new mel frames: the DiT samples chunk + 48 past + 24
 future frames with the preset's solver, BigVGAN vocodes the 40 frames of context plus the chunk
 (streaming.py). For each (dtype, preset, chunk) it prints the DiT and BigVGAN milliseconds
-(median after a warm-up) and their sum, the window's cost, the window's real-time factor (compute time / audio time;
-< 1 is faster than real time), the DiT's FLOP per second of speech and the TFLOP/s achieved, and
-once per dtype the kernels per DiT evaluation and per BigVGAN window, eager and compiled (graph
-nodes from `mx.export_to_dot`, views left out; on this device's backend).
+(median after a warm-up) and their sum, the window's cost; the window's real-time factor
+(compute time / audio time; < 1 is faster than real time); the DiT's and BigVGAN's FLOP per
+second of speech and the DiT's TFLOP/s achieved; and once per dtype the kernels per DiT
+evaluation and per BigVGAN window, eager and compiled (graph nodes from `mx.export_to_dot`,
+views left out; on this device's backend: on the CPU the fast ops (rope, attention, norms)
+decompose into many nodes, on a GPU each is one kernel).
 
     python benchmarks/token2wav_speed.py --size tiny                      # a quick CPU check
     python benchmarks/token2wav_speed.py --size 3b --dtype float32 bfloat16 float16 \\
@@ -27,7 +29,7 @@ from omni_edge.config import BigVGANConfig, DiTConfig, Token2WavConfig
 from omni_edge.kernels import count_kernels
 from omni_edge.models.dit import Conditions
 from omni_edge.models.solvers import SOLVERS, flops_per_speech_second, get_solver
-from omni_edge.models.token2wav import Token2Wav
+from omni_edge.models.token2wav import Token2Wav, token2wav_flops_per_speech_second
 from omni_edge.streaming import PAST_BLOCKS, FUTURE_BLOCKS, VOCODER_CONTEXT_FRAMES
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -103,11 +105,14 @@ def window(model: Token2Wav, preset: str, chunk: int, repeats: int, voc_ms: floa
     dit_s = timed(lambda: mx.eval(sample()), repeats)
     window_s = dit_s + voc_ms / 1000
     flops = flops_per_speech_second(dit.cfg, solver, chunk)
+    cfg = Token2WavConfig(dit_config=dit.cfg, bigvgan_config=model.code2wav_bigvgan_model.cfg)
+    vocoder_flops = token2wav_flops_per_speech_second(cfg, solver, chunk)["bigvgan"]
     audio_s = chunk * MS_PER_FRAME / 1000
     return {"preset": preset, "chunk_frames": chunk, "window_frames": frames,
             "dit_evaluations": solver.evaluations, "dit_ms": 1000 * dit_s,
             "bigvgan_ms": voc_ms, "window_ms": 1000 * window_s,
             "rtf": window_s / audio_s, "dit_tflop_per_speech_s": flops / 1e12,
+            "bigvgan_tflop_per_speech_s": vocoder_flops / 1e12,
             "dit_tflop_s_achieved": flops * audio_s / dit_s / 1e12}
 
 

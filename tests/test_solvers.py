@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from omni_edge import load
-from omni_edge.config import DiTConfig
+from omni_edge.config import BigVGANConfig, DiTConfig, Token2WavConfig
+from omni_edge.models import bigvgan
 from omni_edge.convert.mlx import convert
 from omni_edge.models.dit import DiT
 from omni_edge.models.solvers import (SOLVERS, Solver, dit_flops_per_frame,
                                       flops_per_speech_second, get_solver)
+from omni_edge.models.token2wav import token2wav_flops_per_speech_second
 from omni_edge.streaming import StreamingToken2Wav
 
 VOICE = "Ethan"
@@ -22,8 +24,9 @@ CODES = 60  # 120 mel frames: two streaming windows with a 24-frame first chunk
 DRIFT_CODES = 40
 # Measured max |preset - reference| / max |reference| of the offline waveform, 3b / 7b fixture
 # (40 codes): rk4-6 1.3e-3 / 6.8e-4, rk4-4 9.7e-3 / 4.4e-3, fast 3.6e-2 / 3.1e-2, fastest
-# 6.4e-2 / 7.7e-2 (60 codes: within 20% of these). The bounds leave about 2x headroom. These are random weights: the real model's
-# drift, and what a listener hears of it, is for eval-speech to measure.
+# 6.4e-2 / 7.7e-2 (60 codes: within 20% of these). The bounds leave about 2x headroom. These
+# are random weights: the real model's drift, and what a listener hears of it, is for
+# eval-speech to measure.
 DRIFT_BOUND = {"reference": 0.0, "rk4-6": 3e-3, "rk4-4": 2e-2, "fast": 8e-2, "fastest": 0.15}
 FAST_BUDGET = 1.2e12  # FLOP per second of speech (issue 13)
 
@@ -90,6 +93,23 @@ def test_flops_per_frame_counted_from_the_built_layers():
     assert dit_flops_per_frame(cfg, frames) == 2 * linear_weights + attention
 
 
+def test_bigvgan_flops_counted_from_the_built_convolutions():
+    """Each conv of a built BigVGAN: 2 x its weight size per output sample (per input sample for
+    a transposed conv), at its stage's samples per frame."""
+    cfg = BigVGANConfig(upsample_initial_channel=48, upsample_rates=[3, 2],
+                        upsample_kernel_sizes=[7, 4])
+    vocoder = bigvgan.BigVGAN(cfg)
+    total = 2 * vocoder.conv_pre.weight.size
+    samples, per_stage = 1, len(vocoder.resblocks) // len(vocoder.ups)
+    for s, (up,) in enumerate(vocoder.ups):
+        total += 2 * up.weight.size * samples
+        samples *= cfg.upsample_rates[s]
+        for block in vocoder.resblocks[s * per_stage: (s + 1) * per_stage]:
+            total += 2 * samples * sum(c.weight.size for c in block.convs1 + block.convs2)
+    total += 2 * vocoder.conv_post.weight.size * samples
+    assert bigvgan.flops_per_frame(cfg) == total
+
+
 def test_flops_per_speech_second_at_full_size():
     cfg = DiTConfig()  # the 3B and 7B share this Token2Wav
     ref_216 = flops_per_speech_second(cfg, "reference", 216)
@@ -100,6 +120,12 @@ def test_flops_per_speech_second_at_full_size():
     # offline: no window overlap, 100 frames a second
     assert flops_per_speech_second(cfg, "reference", None) == 72 * 100 * dit_flops_per_frame(
         cfg, 100)
+    # BigVGAN adds ~0.2 TFLOP per second of speech (1.9 GFLOP a frame, 40 context frames a window)
+    t2w = token2wav_flops_per_speech_second(Token2WavConfig(cfg, BigVGANConfig()), "fast", 216)
+    assert t2w["dit"] == flops_per_speech_second(cfg, "fast", 216)
+    assert 0.15e12 < t2w["bigvgan"] < 0.3e12 and t2w["total"] == t2w["dit"] + t2w["bigvgan"]
+    assert token2wav_flops_per_speech_second(Token2WavConfig(cfg, BigVGANConfig()), "fastest",
+                                             216)["total"] <= FAST_BUDGET
     with pytest.raises(ValueError, match="multiple of the DiT block"):
         flops_per_speech_second(cfg, "fast", 100)
     with pytest.raises(ValueError, match="unknown Token2Wav solver"):

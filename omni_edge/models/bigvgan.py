@@ -125,6 +125,21 @@ def process_mel_spectrogram(mel: mx.array) -> mx.array:
     return mx.clip(2 * ((db - MIN_DB) / -MIN_DB) - 1, -1.0, 1.0)
 
 
+def flops_per_frame(cfg: BigVGANConfig) -> float:
+    """Multiply-adds x 2 of the convolutions per mel frame (each output sample of a conv costs
+    in x out x kernel; a transposed conv's input sample does). The anti-aliased activations'
+    filters and sin² add about 60 FLOP per sample and channel, < 1%, and are left out."""
+    ch, samples = cfg.upsample_initial_channel, 1
+    total = 2 * cfg.mel_dim * ch * CONV_PRE_KERNEL
+    for s, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
+        c_in, c_out = ch // 2**s, ch // 2**(s + 1)
+        total += 2 * c_in * c_out * kernel * samples  # per input sample
+        samples *= rate
+        for k, dilations in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
+            total += samples * 2 * len(dilations) * 2 * c_out * c_out * k  # convs1 and convs2
+    return total + samples * 2 * (ch // 2**len(cfg.upsample_rates)) * CONV_POST_KERNEL
+
+
 class SnakeBeta(nn.Module):
     def __init__(self, channels: int):
         super().__init__()

@@ -41,7 +41,8 @@ class Solver:
                              f"least 1 interval), got {self.steps!r}")
         if self.cfg_intervals is not None and not 0 <= self.cfg_intervals <= self.steps - 1:
             raise ValueError(f"cfg_intervals must lie in [0, {self.steps - 1}] (the intervals of "
-                             f"{self.steps} time points) or be None for all; got {self.cfg_intervals}")
+                             f"{self.steps} time points) or be None for all; "
+                             f"got {self.cfg_intervals}")
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance}")
 

@@ -7,14 +7,26 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import Token2WavConfig
-from .bigvgan import BigVGAN
+from .bigvgan import BigVGAN, flops_per_frame
 from .dit import DiT, Memo
-from .solvers import SOLVERS, Solver, get_solver
+from .solvers import MEL_FRAMES_PER_SECOND, SOLVERS, Solver, flops_per_speech_second, get_solver
 
 # The reference sampler's settings (the "reference" preset).
 NUM_STEPS = SOLVERS["reference"].steps
 GUIDANCE_SCALE = SOLVERS["reference"].guidance
 SWAY_COEFFICIENT = SOLVERS["reference"].sway
+VOCODER_TAIL_FRAMES = 40  # mel frames BigVGAN re-reads before each streaming chunk (streaming.py)
+
+
+def token2wav_flops_per_speech_second(cfg: Token2WavConfig, solver="reference",
+                                      chunk_frames: Optional[int] = 216) -> dict:
+    """FLOP per second of speech of the DiT (`solvers.flops_per_speech_second`) and of BigVGAN
+    (its convolutions on each chunk and the 40 frames of context before it), for streaming
+    windows of `chunk_frames` new frames (None: one offline pass)."""
+    dit = flops_per_speech_second(cfg.dit_config, solver, chunk_frames)
+    seen = 1.0 if chunk_frames is None else (chunk_frames + VOCODER_TAIL_FRAMES) / chunk_frames
+    vocoder = MEL_FRAMES_PER_SECOND * seen * flops_per_frame(cfg.bigvgan_config)
+    return {"dit": dit, "bigvgan": vocoder, "total": dit + vocoder}
 
 
 class Token2Wav(nn.Module):
