@@ -5,22 +5,16 @@ to a length), warmed up first, and what a listener would hear of it."""
 import platform
 import time
 from dataclasses import asdict
-from typing import Dict, List
+from typing import List
 
 import mlx.core as mx
 import numpy as np
 
 from .generate import stream
+from .options import SPEECH_PRESETS as PRESETS
 from .options import SpeechOptions
 
 QUESTION_RATE = 16000
-# Each preset is a SpeechOptions; "reference" is the reference's streaming (72-frame windows,
-# float32 DiT, every window in line), "default" this project's defaults.
-PRESETS: Dict[str, SpeechOptions] = {
-    "reference": SpeechOptions(first_chunk_frames=None, chunk_frames=None, dit_dtype="float32",
-                               overlap=False),
-    "default": SpeechOptions(),
-}
 
 
 def question(seconds: float) -> np.ndarray:

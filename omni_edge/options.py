@@ -5,6 +5,8 @@ and `SpeechOptions` (voice, Talker sampling, audio windows, Token2Wav solver).""
 from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Optional, Tuple
 
+from .models.solvers import SOLVERS, Solver
+
 DEFAULT_MAX_TOKENS = 512
 PREFILL_STEP = 2048
 # The reference's talker generation defaults (Qwen2_5OmniForConditionalGeneration.generate).
@@ -17,7 +19,6 @@ MAX_CODEC_TOKENS = 4096
 # chunks for fewer windows (benchmarks/results/turn_3b_h100.json).
 FIRST_CHUNK_FRAMES = 24
 CHUNK_FRAMES = 216
-TOKEN2WAV_STEPS = 10  # ODE time points, the reference's
 DIT_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -63,7 +64,9 @@ class GenerationOptions:
 class SpeechOptions:
     """How a reply is spoken. Talker options keep the reference's names and defaults;
     `first_chunk_frames`/`chunk_frames` size the audio windows (multiples of the DiT's 24-frame
-    block; None for the reference's 72); `token2wav_steps` are the ODE time points; `dit_dtype`
+    block; None for the reference's 72); `solver` is Token2Wav's ODE solver preset ("reference":
+    RK4 on 10 time points, guided every evaluation; "fast", ...) and `token2wav_steps` overrides
+    its time points; `dit_dtype`
     the DiT's compute type (None keeps the model's); `overlap` renders each audio window on a
     stream of its own while decoding goes on (False: decoding waits for each window)."""
 
@@ -76,7 +79,8 @@ class SpeechOptions:
     min_codec_tokens: int = 0  # the end codes are never sampled before this many codes
     first_chunk_frames: Optional[int] = FIRST_CHUNK_FRAMES
     chunk_frames: Optional[int] = CHUNK_FRAMES
-    token2wav_steps: int = TOKEN2WAV_STEPS
+    solver: Any = "reference"  # Token2Wav's ODE solver: a models.solvers.SOLVERS name or a Solver
+    token2wav_steps: Optional[int] = None  # overrides the solver's time points
     dit_dtype: Optional[str] = None
     overlap: bool = True  # render audio windows on their own stream while decoding goes on
 
@@ -86,11 +90,25 @@ class SpeechOptions:
                              f"{self.talker_repetition_penalty}")
         if self.max_codec_tokens < 1:
             raise ValueError(f"max_codec_tokens must be at least 1, got {self.max_codec_tokens}")
-        if self.token2wav_steps < 2:
+        if self.token2wav_steps is not None and self.token2wav_steps < 2:
             raise ValueError(f"token2wav_steps must be >= 2 (time points from 0 to 1), got "
                              f"{self.token2wav_steps}")
+        if not isinstance(self.solver, Solver) and self.solver not in SOLVERS:
+            raise ValueError(f"unknown Token2Wav solver {self.solver!r}; the presets are: "
+                             f"{', '.join(SOLVERS)} (or pass a models.solvers.Solver)")
         if self.dit_dtype is not None and self.dit_dtype not in DIT_DTYPES:
             raise ValueError(f"dit_dtype must be one of {DIT_DTYPES}, got {self.dit_dtype!r}")
+
+
+# Named speech settings (`omni-edge bench --presets`, `eval-speech`): "reference" is the
+# reference's streaming exactly (72-frame windows, float32 DiT, each window in line, RK4 on 10
+# points); the others keep this project's windows and overlap, with the named solver.
+SPEECH_PRESETS: Dict[str, SpeechOptions] = {
+    "reference": SpeechOptions(first_chunk_frames=None, chunk_frames=None, dit_dtype="float32",
+                               overlap=False),
+    "default": SpeechOptions(),
+    **{name: SpeechOptions(solver=name) for name in SOLVERS if name != "reference"},
+}
 
 
 GENERATION_FIELDS = tuple(f.name for f in fields(GenerationOptions))

@@ -165,10 +165,10 @@ def _speak(turn: Turn, steps, capture, eos, text: ReplyText, prompt: Prompt, n_t
     model, speech = turn.model, turn.speech
     lockstep = Lockstep(model, prompt.ids, prompt.placeholders, turn.speaker, speech, n_tokens,
                         prompt.media, talker)
-    vocoder = StreamingToken2Wav(model.token2wav, turn.speaker, noise=turn.options.noise,
-                                 steps=speech.token2wav_steps,
+    vocoder = StreamingToken2Wav(model.token2wav, speech.voice, noise=turn.options.noise,
+                                 steps=speech.token2wav_steps, solver=speech.solver,
                                  first_chunk_frames=speech.first_chunk_frames,
-                                 chunk_frames=speech.chunk_frames, lazy=speech.overlap)
+                                 chunk_frames=speech.chunk_frames)
     renderer = Renderer(vocoder, speech.overlap)
     codes: List[int] = []
     first_code = None

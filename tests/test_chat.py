@@ -130,7 +130,7 @@ def chat_args(model_dir, save=None, **kw):
                 jitter_ms=150, voice="Chelsie", talker_temp=0.9, talker_top_k=40, talker_top_p=0.8,
                 talker_repetition_penalty=1.05, max_codec_tokens=30, first_chunk_frames=None,
                 chunk_frames=None, dit_dtype="float32",
-                token2wav_steps=10, max_tokens=4, temp=0.0, top_p=1.0, top_k=0, min_p=0.0,
+                token2wav_steps=None, solver="reference", no_overlap=False, max_tokens=4, temp=0.0, top_p=1.0, top_k=0, min_p=0.0,
                 repetition_penalty=1.0, seed=0, max_context=None, truncate=False,
                 max_kv_size=None, kv_bits=None)
     return Namespace(**{**base, **kw})

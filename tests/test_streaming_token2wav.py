@@ -190,17 +190,15 @@ def test_bad_input(setup_3b):
         st.push([1])
 
 
-def test_lazy_windows_equal_evaluated_ones(setup_3b):
-    """The renderer's lazy mode (windows queued, evaluated later on another stream) gives the
-    same pieces as evaluating each window in line."""
-    import mlx.core as mx
-
+def test_overlapped_windows_equal_evaluated_ones(setup_3b):
+    """The renderer's overlap (windows queued on a stream of their own, collected by a waiter
+    thread) gives the same pieces as evaluating each window in line."""
     from omni_edge.speech.render import Renderer
 
     pieces = {}
     for overlap in (False, True):
         st = StreamingToken2Wav(setup_3b["t2w"], VOICE, noise=setup_3b["noise"],
-                                first_chunk_frames=24, chunk_frames=96, lazy=overlap)
+                                first_chunk_frames=24, chunk_frames=96)
         renderer = Renderer(st, overlap)
         got = []
         for code in setup_3b["codes"]:

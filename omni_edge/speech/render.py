@@ -19,7 +19,7 @@ Piece = Tuple[np.ndarray, int]  # (float32 samples, start sample)
 
 
 class Renderer:
-    """Feeds codes to a `StreamingToken2Wav` (made with `lazy=overlap`) and hands back the
+    """Feeds codes to a `StreamingToken2Wav` and hands back the
     rendered pieces: `push(code)` then `ready()` (never blocks) as decoding goes, `finish()`
     then `rest()` (blocks) at the end. It also learns how long a window takes, from queueing to
     audio, for `eta()`."""
@@ -56,10 +56,8 @@ class Renderer:
                 self._arrived(start, piece)
             return
         with mx.stream(RENDER_STREAM):
-            pieces = self.vocoder.push(codes)
-            for audio, _ in pieces:
-                mx.async_eval(audio, self.vocoder.tail)
-        for piece in pieces:
+            pending = self.vocoder.submit(codes)  # queued (mx.async_eval), not waited for
+        for piece in pending:
             self.jobs.put((time.perf_counter(), piece))
 
     def finish(self):
@@ -69,10 +67,8 @@ class Renderer:
                 self._arrived(start, piece)
             return
         with mx.stream(RENDER_STREAM):
-            pieces = self.vocoder.finish()
-            for audio, _ in pieces:
-                mx.async_eval(audio)
-        for piece in pieces:
+            pending = self.vocoder.submit(final=True)
+        for piece in pending:
             self.jobs.put((time.perf_counter(), piece))
         self.jobs.put(None)
         self.waiter.join()
@@ -96,9 +92,10 @@ class Renderer:
         yield from self.ready()
 
     def _arrived(self, queued: float, piece):
+        if not isinstance(piece, tuple):  # a PendingChunk
+            mx.eval(piece.audio)  # waits with the GIL released, so decoding goes on meanwhile
+            piece = piece.result()
         audio, at = piece
-        if isinstance(audio, mx.array):
-            mx.eval(audio)  # waits with the GIL released, so decoding goes on meanwhile
         self.window_s = time.perf_counter() - queued
         self.done.put((np.array(audio, dtype=np.float32), at))
 
