@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .convert.coreml.cli import add_parser as _add_convert_coreml
+from .server.cli import add_parser as _add_serve
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_chat(sub)
     _add_demo(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -1,0 +1,46 @@
+"""Prefix reuse for clients that resend the whole conversation each turn (every chat UI does):
+the KV cache of the last request is kept with the token ids it holds, and the next request
+feeds only what follows their longest common prefix, as mlx-lm's server does.
+
+It is `ChatSession`'s cache logic (prefix search that never splits a medium, trim, remember)
+applied to whole conversations instead of one user message at a time."""
+
+from typing import Iterator, List
+
+from ..chat import ChatSession
+from ..generate import Event, Turn, build_prompt
+
+
+class PromptCache(ChatSession):
+    """One KV cache (and, for speech, the Thinker rows the Talker reads) keyed by its ids."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.reused = self.prompt_tokens = 0
+        self.fed: List[int] = []
+
+    def run(self, turn: Turn, messages: list, use_audio_in_video: bool = False) -> Iterator[Event]:
+        """Stream the reply to `messages` (omni-edge's shape, speech system prompt included
+        when `turn.speak`), reusing the cached prefix. `reused`, `prompt_tokens` and `fed`
+        tell the caller what this request cost."""
+        if turn.speak and self.rows is None and self.ids:
+            self.reset()  # the cache was filled by a text-only request: no Talker rows to reuse
+        if not turn.speak:
+            self.rows = None
+        inputs = self.model.processor.prepare(messages, use_audio_in_video=use_audio_in_video)
+        if len(inputs.input_ids) >= turn.context:
+            raise ValueError(f"the conversation ({len(inputs.input_ids)} tokens) does not fit the "
+                             f"context of {turn.context} tokens; send fewer or shorter messages")
+        keep = self._reusable(inputs.input_ids)
+        self._trim(keep)
+        prompt = build_prompt(self.model, inputs, keep)
+        self.reused, self.prompt_tokens, self.fed = keep, len(prompt.ids), []
+        capture = ([self.rows] if self.rows else []) if turn.speak else None
+        try:
+            yield from turn.run(prompt, self.cache, capture, self.fed)
+        except Exception:
+            self.reset()  # a failure mid-turn leaves the cache in an unknown state
+            raise
+        finally:
+            if self.cache[0].offset or self.ids:
+                self._remember(messages, prompt.ids, self.fed, capture)
