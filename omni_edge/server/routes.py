@@ -3,6 +3,7 @@ events), transcriptions and speech."""
 
 import base64
 import json
+import logging
 import os
 import time
 import uuid
@@ -24,6 +25,7 @@ TRANSCRIPTION_FORMATS = ("json", "text")
 STREAMED_SPEECH = ("wav", "pcm")
 
 router = APIRouter()
+LOG = logging.getLogger("omni_edge.server")
 
 
 def _sse(payload) -> str:
@@ -145,10 +147,13 @@ async def _speech_stream(fmt: str, events, first):
     if fmt == "wav":
         yield wav_stream_header()
     event = first
-    while event is not None:
-        if event.type == "audio":
-            yield pcm16(event.audio)
-        event = await anext(events, None)
+    try:
+        while event is not None:
+            if event.type == "audio":
+                yield pcm16(event.audio)
+            event = await anext(events, None)
+    except Exception as err:  # the headers are out and raw audio has no error frame: end short
+        LOG.warning("speech stream ended early: %s", as_request_error(err))
 
 
 @router.post("/audio/transcriptions")

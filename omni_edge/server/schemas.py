@@ -89,7 +89,7 @@ class ChatRequest(Lenient):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: Optional[int] = Field(None, ge=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=0, lt=2**64)
     stop: Union[str, List[str], None] = None
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     # the model's own options
@@ -127,7 +127,7 @@ class SpeechRequest(Lenient):
     voice: str = "Chelsie"
     response_format: Literal[SPEECH_FORMATS] = "wav"
     stream_format: Literal["audio"] = "audio"
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=0, lt=2**64)
     talker_temperature: float = Field(0.9, ge=0)
     talker_top_k: int = Field(40, ge=0)
     talker_top_p: float = Field(0.8, gt=0, le=1)
