@@ -164,6 +164,24 @@ def test_image_data_url_in_and_local_paths_refused_without_the_flag(client, base
     assert status == 400 and json.loads(body)["error"]["code"] == "local_file_refused"
 
 
+def test_video_data_url_in_and_the_temporary_file_is_removed(client, model, tmp_path):  # noqa: F811
+    import tempfile
+    from pathlib import Path
+
+    from media import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", "mpeg4", seconds=1.0)
+    url = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+    spooled = set(Path(tempfile.gettempdir()).glob("*.mp4"))
+    content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What?"}]
+    reply = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": content}],
+                                           max_tokens=4)
+    expected = generate(model, [{"role": "user", "content": [
+        {"type": "video", "video": str(clip)}, {"type": "text", "text": "What?"}]}], max_tokens=4)
+    assert reply.choices[0].message.content == expected.text
+    assert set(Path(tempfile.gettempdir()).glob("*.mp4")) == spooled
+
+
 def speech_request(**extra):
     return dict(model="demo", messages=user("Say something."), max_tokens=30,
                 modalities=["text", "audio"], extra_body={"max_codec_tokens": CODES,
@@ -189,6 +207,11 @@ def test_spoken_reply_is_a_24khz_wav_with_its_transcript(client, model):  # noqa
     assert again.usage.prompt_tokens > reply.usage.prompt_tokens
 
 
+def part(audio, name: str):
+    """A field of `delta.audio`: typed in recent openai clients, a dict in older ones."""
+    return audio.get(name) if isinstance(audio, dict) else getattr(audio, name, None)
+
+
 def test_streamed_speech_arrives_while_the_text_is_written(client):
     whole = client.chat.completions.create(audio={"voice": "Chelsie", "format": "pcm16"},
                                            **speech_request())
@@ -202,11 +225,11 @@ def test_streamed_speech_arrives_while_the_text_is_written(client):
             kinds.append("usage")
             continue
         audio = chunk.choices[0].delta.audio
-        if audio is not None and getattr(audio, "data", None):
-            pcm += base64.b64decode(audio.data)
+        if part(audio, "data"):
+            pcm += base64.b64decode(part(audio, "data"))
             kinds.append("audio")
-        elif audio is not None and getattr(audio, "transcript", None):
-            text += audio.transcript
+        elif part(audio, "transcript"):
+            text += part(audio, "transcript")
             kinds.append("text")
     assert len(pcm) // 2 == spoken > 0
     last_text = max(i for i, k in enumerate(kinds) if k == "text")
@@ -262,6 +285,10 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": [
         {"type": "input_audio", "input_audio": {"data": "%%%", "format": "wav"}}]}]}, None),
     ({"messages": user("x"), "n": 3}, None),
+    ({"messages": user("x"), "tools": [{"type": "function", "function": {"name": "f"}}]}, None),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AAAA"}}]}]},
+     "invalid_input"),
 ]
 
 

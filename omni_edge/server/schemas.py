@@ -102,9 +102,13 @@ class ChatRequest(Lenient):
     talker_repetition_penalty: float = Field(1.05, gt=0)
     max_codec_tokens: int = Field(4096, ge=1)
     use_audio_in_video: bool = False
+    tools: Optional[list] = Field(None, description="not supported: the model has no tool calling")
 
     @model_validator(mode="after")
     def _check(self):
+        if self.tools:
+            raise ValueError("tools (function calling) are not supported by this model; "
+                             "send the request without 'tools'")
         if "audio" in self.modalities and self.audio is None:
             self.audio = AudioOutput()
         if isinstance(self.stop, list) and len(self.stop) > 4:
