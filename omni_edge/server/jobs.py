@@ -5,7 +5,7 @@ ends the generation at once."""
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
-from ..generate import TextDelta, Turn, stream
+from ..generate import TextDelta, Turn, end_of_turn_ids, stream
 from ..speech import TalkerOptions
 from ..tasks import speak_text, transcription_messages
 from .cache import PromptCache
@@ -82,9 +82,9 @@ def chat_events(model, cache: PromptCache, request: ChatRequest, messages: list,
     if tail:
         text.append(tail)
         yield TextDelta(tail, -1)
-    eos = model.config.thinker_config.eos_token_id
+    eos = end_of_turn_ids(model)
     yield Finished("".join(text), "stop" if cut.hit else done.finish_reason, cache.prompt_tokens,
-                   cache.reused, len([t for t in cache.fed if t != eos]),
+                   cache.reused, len([t for t in cache.fed if t not in eos]),
                    done.codec_ids if done else [])
 
 
