@@ -73,7 +73,8 @@ def install_error_handlers(app: FastAPI):
         if exc.status_code == 413:
             return error_response(413, body_limit_message(request.app.state.omni.max_body),
                                   code="body_too_large")
-        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, str(exc.detail),
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestError)
     async def request_error(request, exc: RequestError):

@@ -35,5 +35,6 @@ def wav_stream_header() -> bytes:
     are rendered (players read such a stream to its end)."""
     block = 2
     return (b"RIFF" + struct.pack("<I", UNKNOWN_SIZE) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, SAMPLE_RATE, SAMPLE_RATE * block, block, 16)
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, SAMPLE_RATE, SAMPLE_RATE * block,
+                                    block, 16)
             + b"data" + struct.pack("<I", UNKNOWN_SIZE))

@@ -86,4 +86,5 @@ def _part(part, param: str, role: str, allow: bool, spool: List[str]) -> dict:
         return {"type": "image", "image": url}
     assert isinstance(part, VideoPart)
     video = video_source(part.video_url.url, f"{param}.video_url.url", allow, spool)
-    return {"type": "video", "video": video, "use_audio_in_video": part.video_url.use_audio_in_video}
+    return {"type": "video", "video": video,
+            "use_audio_in_video": part.video_url.use_audio_in_video}

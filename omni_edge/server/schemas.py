@@ -22,7 +22,8 @@ class TextPart(Lenient):
 
 
 class ImageURL(Lenient):
-    url: str = Field(description="a data: URL, or a local path / file:// URL with --allow-local-files")
+    url: str = Field(description="a data: URL, or a local path / file:// URL with "
+                                 "--allow-local-files")
 
 
 class ImagePart(Lenient):
@@ -41,7 +42,8 @@ class AudioPart(Lenient):
 
 
 class VideoURL(Lenient):
-    url: str = Field(description="a data:video/...;base64 URL, or a local path with --allow-local-files")
+    url: str = Field(description="a data:video/...;base64 URL, or a local path with "
+                                 "--allow-local-files")
     use_audio_in_video: bool = False
 
 
