@@ -41,14 +41,14 @@ class StreamingToken2Wav:
     window keeps its full context, so it costs one more window, not accuracy. `chunk_frames`
     (default the reference's 72) sets the later chunks: a window's cost is set by its DiT call
     count, not its length, so longer chunks mean fewer windows per second of speech; the chunks
-    grow to it from the first (first, 72, then chunk_frames), so the audio already out covers
+    double from the first up to it (24, 48, 96, 192, 216), so the audio already out covers
     the time the next window takes. Each window costs `dit_calls_per_window` DiT calls (batch 2
     with CFG)."""
 
     def __init__(self, model: Token2Wav, voice, noise: Optional[mx.array] = None,
                  steps: int = NUM_STEPS, guidance: float = GUIDANCE_SCALE,
                  first_chunk_frames: Optional[int] = None, max_frames: int = MAX_FRAMES,
-                 chunk_frames: Optional[int] = None):
+                 chunk_frames: Optional[int] = None, lazy: bool = False):
         dit = model.code2wav_dit_model
         if dit.cfg.repeats != MEL_REPEATS:
             raise ValueError(f"streaming needs a 50 Hz codec ({MEL_REPEATS} mel frames per code); "
@@ -74,6 +74,7 @@ class StreamingToken2Wav:
         self.emitted = 0  # samples emitted so far
         self.dit_calls = 0
         self.finished = False
+        self.lazy = lazy  # chunks as queued (lazy) MLX arrays, for a renderer that overlaps them
 
     @property
     def dit_calls_per_window(self) -> int:
@@ -83,14 +84,16 @@ class StreamingToken2Wav:
     def frames(self) -> int:
         return MEL_REPEATS * len(self.codes)
 
+    def chunk_size(self, i: int) -> int:
+        """Mel frames in window i's chunk: the first, then doubling up to the later size, so
+        the audio already out covers the time each longer window takes."""
+        if i == 0:
+            return self.first_chunk
+        return min(self.later_chunk, max(self.first_chunk << i, self.first_chunk))
+
     def chunk_start(self, i: int) -> int:
         """The first mel frame of window i's chunk."""
-        if i == 0:
-            return 0
-        if self.later_chunk == self.chunk or self.first_chunk >= self.chunk:
-            return self.first_chunk + (i - 1) * self.later_chunk
-        # a larger chunk size is reached through one reference-size chunk
-        return self.first_chunk + (self.chunk if i >= 2 else 0) + max(0, i - 2) * self.later_chunk
+        return sum(self.chunk_size(j) for j in range(i))
 
     def push(self, codes) -> List[AudioChunk]:
         """Append codec ids; run every window whose chunk and future context are complete."""
@@ -149,13 +152,14 @@ class StreamingToken2Wav:
             mel = mx.concatenate([self.tail, mel], axis=2)  # (1, mel_dim, context + chunk)
         audio = self.model.code2wav_bigvgan_model(mel)[0]
         self.tail = mel[:, :, -2 * VOCODER_CONTEXT_FRAMES:]
-        mx.eval(audio, self.tail)
+        if not self.lazy:
+            mx.eval(audio, self.tail)
         first = max(0, context - VOCODER_CONTEXT_FRAMES) * self.hop
         last = audio.shape[0] - (0 if final else VOCODER_CONTEXT_FRAMES * self.hop)
         return self._emit(audio[first:last])
 
     def _emit(self, audio: mx.array) -> AudioChunk:
-        chunk = (np.array(audio, dtype=np.float32), self.emitted)
+        chunk = (audio if self.lazy else np.array(audio, dtype=np.float32), self.emitted)
         self.emitted += chunk[0].shape[0]
         return chunk
 

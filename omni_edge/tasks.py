@@ -5,14 +5,13 @@ instead of being sampled), so the Talker reads the hidden states of those tokens
 the audio streams window by window as `stream(..., speak=True)` does. `transcribe` is the
 model's own speech recognition: the audio under an ASR instruction, decoded greedily."""
 
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
-import mlx.core as mx
-
-from .generate import (CHUNK_FRAMES, FIRST_CHUNK_FRAMES, Event, Turn, _speak, _Text,
-                       end_of_turn_ids, generate, generate_step, prepare_prompt)
-from .models.token2wav import NUM_STEPS
-from .speech import TalkerOptions
+from .events import Event
+from .generate import generate
+from .options import SpeechOptions, split_options
+from .processing.thinker_input import prepare_prompt
+from .turn import Turn
 
 # The Thinker is asked to read the text aloud; its reply is then forced to the text itself, so
 # the instruction only shapes the hidden states the Talker reads (the prompt's speaking style).
@@ -23,59 +22,31 @@ ASR_INSTRUCTION = "Transcribe the {language}audio into text."
 DEFAULT_TRANSCRIPT_TOKENS = 448
 
 
-def forced_sampler(token_ids: List[int]):
-    """A sampler that ignores the logits and returns `token_ids` one by one."""
-    queue = iter(token_ids)
-
-    def sample(logprobs: mx.array) -> mx.array:
-        return mx.array([next(queue)], dtype=mx.uint32)
-
-    return sample
-
-
-def speak_text(
-    model,
-    text: str,
-    voice: str = "Chelsie",
-    *,
-    talker_temperature: float = TalkerOptions.temperature,
-    talker_top_k: int = TalkerOptions.top_k,
-    talker_top_p: float = TalkerOptions.top_p,
-    talker_repetition_penalty: float = TalkerOptions.repetition_penalty,
-    max_codec_tokens: int = TalkerOptions.max_codec_tokens,
-    seed: Optional[int] = None,
-    noise: Optional[mx.array] = None,
-    first_chunk_frames: Optional[int] = FIRST_CHUNK_FRAMES,
-    chunk_frames: Optional[int] = CHUNK_FRAMES,
-    token2wav_steps: int = NUM_STEPS,
-    max_context: Optional[int] = None,
-) -> Iterator[Event]:
+def speak_text(model, text: str, voice: str = "Chelsie", *,
+               speech: Optional[SpeechOptions] = None, seed: Optional[int] = None,
+               noise=None, max_context: Optional[int] = None, **speech_options) -> Iterator[Event]:
     """Speak exactly `text` in `voice`: yields TextDelta events (the text, token by token),
     AudioChunk events (24 kHz float32) as each Token2Wav window renders, then Done (whose
-    `token_ids` are the text's tokens). Options are `stream`'s speech options."""
+    `token_ids` are the text's tokens). `speech_options` are `SpeechOptions`' fields
+    (talker_temperature, max_codec_tokens, first_chunk_frames, ...), overriding `speech`."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError("the text to speak is empty; pass the words to say")
+    unknown = set(speech_options) - set(SpeechOptions.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown speech option(s) {', '.join(sorted(unknown))}; see SpeechOptions")
     reply = model.processor.tokenizer.encode(text, add_special_tokens=False)
     eos = model.config.thinker_config.eos_token_id
-    turn = Turn(model, max_tokens=len(reply) + 1, seed=seed, max_context=max_context, speak=True,
-                voice=voice,
-                talker=TalkerOptions(talker_temperature, talker_top_k, talker_top_p,
-                                     talker_repetition_penalty, max_codec_tokens),
-                noise=noise, first_chunk_frames=first_chunk_frames,
-                token2wav_steps=token2wav_steps, chunk_frames=chunk_frames)
+    generation, spoken = split_options(
+        dict(max_tokens=len(reply) + 1, seed=seed, noise=noise, max_context=max_context,
+             speak=True, voice=voice, **speech_options), speech)
+    turn = Turn(model, generation, spoken)
     messages = turn.messages(
         [{"role": "user", "content": [{"type": "text", "text": SPEAK_INSTRUCTION + text}]}])
-    prompt = prepare_prompt(model, messages, turn.max_tokens, turn.context, False)
-    if len(prompt.ids) + turn.max_tokens > turn.context:
+    prompt = prepare_prompt(model, messages, generation.max_tokens, turn.context, False)
+    if len(prompt.ids) + generation.max_tokens > turn.context:
         raise ValueError(f"the text ({len(reply)} tokens) is too long for the context of "
                          f"{turn.context}; split it into shorter pieces")
-    capture: list = []
-    steps = generate_step(model, prompt.new_ids, max_tokens=turn.max_tokens,
-                          sampler=forced_sampler(reply + [eos]), capture=capture,
-                          input_embeddings=prompt.embeds,
-                          prefill_step_size=turn.prefill_step_size)
-    yield from _speak(turn, steps, capture, end_of_turn_ids(model),
-                      _Text(model.processor.tokenizer), prompt, turn.max_tokens)
+    yield from turn.run(prompt, forced_ids=reply + [eos])
 
 
 def transcription_messages(audio, language: Optional[str] = None,

@@ -22,7 +22,7 @@ pytest.importorskip("fastapi")
 from omni_edge import generate  # noqa: E402
 from omni_edge.cli import main as cli_main  # noqa: E402
 from omni_edge.server.app import create_app  # noqa: E402
-from omni_edge.speech import with_speech_system_prompt  # noqa: E402
+from omni_edge.speech.voice import with_speech_system_prompt  # noqa: E402
 from omni_edge.tasks import speak_text  # noqa: E402
 
 from test_chat import model, model_dir  # noqa: E402,F401  (the demo checkpoint, once per module)

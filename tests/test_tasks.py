@@ -10,9 +10,11 @@ import pytest
 import soundfile as sf
 
 from omni_edge import generate
-from omni_edge.generate import prepare_prompt
+from omni_edge.options import SpeechOptions
 from omni_edge.processing.audio import AudioError
-from omni_edge.speech import SpeechError, TalkerOptions, ThinkerTrace, talker_codes
+from omni_edge.processing.thinker_input import prepare_prompt
+from omni_edge.speech.talker import ThinkerTrace, talker_codes
+from omni_edge.speech.voice import SpeechError
 from omni_edge.tasks import SPEAK_INSTRUCTION, speak_text, transcribe
 
 from test_chat import model, model_dir  # noqa: F401  (the demo checkpoint, built once per module)
@@ -43,7 +45,7 @@ def test_speak_text_says_exactly_the_text_and_tiles_its_audio(model):  # noqa: F
 
 
 def test_speak_text_codes_equal_a_talker_run_over_one_full_thinker_pass(model):  # noqa: F811
-    opts = TalkerOptions(temperature=0.0, max_codec_tokens=CODES)
+    opts = SpeechOptions(voice="Chelsie", talker_temperature=0.0, max_codec_tokens=CODES)
     done = list(speak_text(model, TEXT, "Chelsie", talker_temperature=0,
                            max_codec_tokens=CODES))[-1]
 

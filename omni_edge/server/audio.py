@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import soundfile as sf
 
-from ..speech import SAMPLE_RATE
+from ..events import SPEECH_SAMPLE_RATE as SAMPLE_RATE
 
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg",
                "opus": "audio/ogg", "pcm": "audio/pcm", "pcm16": "audio/pcm"}

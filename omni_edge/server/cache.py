@@ -2,32 +2,37 @@
 the KV cache of the last request is kept with the token ids it holds, and the next request
 feeds only what follows their longest common prefix, as mlx-lm's server does.
 
-It is `ChatSession`'s cache logic (prefix search that never splits a medium, trim, remember)
-applied to whole conversations instead of one user message at a time."""
+It is `ChatSession`'s cache logic (prefix search that never splits a medium, trim, remember,
+and, for speech, the Thinker rows and the Talker's cache) applied to whole conversations
+instead of one user message at a time."""
 
+from dataclasses import replace
 from typing import Iterator, List
 
 from ..chat import ChatSession
-from ..generate import Event, Turn, build_prompt
+from ..events import Event
+from ..processing.thinker_input import build_prompt
+from ..turn import Turn
 
 
 class PromptCache(ChatSession):
-    """One KV cache (and, for speech, the Thinker rows the Talker reads) keyed by its ids."""
+    """One KV cache (and, for speech, the Talker's) keyed by the token ids it holds."""
 
     def __init__(self, model):
         super().__init__(model)
         self.reused = self.prompt_tokens = 0
         self.fed: List[int] = []
 
-    def run(self, turn: Turn, messages: list, use_audio_in_video: bool = False) -> Iterator[Event]:
+    def run(self, turn: Turn, messages: list) -> Iterator[Event]:
         """Stream the reply to `messages` (omni-edge's shape, speech system prompt included
-        when `turn.speak`), reusing the cached prefix. `reused`, `prompt_tokens` and `fed`
+        when the turn speaks), reusing the cached prefix. `reused`, `prompt_tokens` and `fed`
         tell the caller what this request cost."""
-        if turn.speak and self.rows is None and self.ids:
-            self.reset()  # the cache was filled by a text-only request: no Talker rows to reuse
-        if not turn.speak:
-            self.rows = None
-        inputs = self.model.processor.prepare(messages, use_audio_in_video=use_audio_in_video)
+        if turn.options.speak != self.speak:  # a text cache has no Talker rows, and back
+            self.options = replace(self.options, speak=turn.options.speak)
+            self.reset()
+        # media are decoded per request: the session's media cache keys on the part dicts, and
+        # a request's dicts are new each time (an old id() could even come back)
+        inputs = self.model.processor.prepare(messages, turn.options.use_audio_in_video)
         if len(inputs.input_ids) >= turn.context:
             raise ValueError(f"the conversation ({len(inputs.input_ids)} tokens) does not fit the "
                              f"context of {turn.context} tokens; send fewer or shorter messages")
@@ -35,11 +40,11 @@ class PromptCache(ChatSession):
         self._trim(keep)
         prompt = build_prompt(self.model, inputs, keep)
         self.reused, self.prompt_tokens, self.fed = keep, len(prompt.ids), []
-        capture = ([self.rows] if self.rows else []) if turn.speak else None
+        capture = ([self.rows] if self.rows else []) if self.speak else None
         try:
-            yield from turn.run(prompt, self.cache, capture, self.fed)
+            yield from turn.run(prompt, self.cache, capture, self.fed, self.talker)
         except Exception:
-            self.reset()  # a failure mid-turn leaves the cache in an unknown state
+            self.reset()  # a failure mid-turn leaves the caches in an unknown state
             raise
         finally:
             if self.cache[0].offset or self.ids:

@@ -4,7 +4,7 @@ from typing import Optional
 
 from fastapi.responses import JSONResponse
 
-from ..speech import SpeechError
+from ..speech.voice import SpeechError
 from .worker import QueueFull, TimeLimit
 
 RETRY_AFTER_S = 5

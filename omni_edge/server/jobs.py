@@ -5,9 +5,12 @@ ends the generation at once."""
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
 
-from ..generate import TextDelta, Turn, end_of_turn_ids, stream
-from ..speech import TalkerOptions
+from ..events import TextDelta
+from ..generate import stream
+from ..options import GenerationOptions, SpeechOptions
+from ..processing.thinker_input import end_of_turn_ids
 from ..tasks import speak_text, transcription_messages
+from ..turn import Turn
 from .cache import PromptCache
 from .schemas import ChatRequest, SpeechRequest
 
@@ -48,20 +51,26 @@ class StopText:
 
 
 def chat_turn(model, request: ChatRequest, max_tokens: int) -> Turn:
-    return Turn(model, max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
-                top_k=request.top_k, min_p=request.min_p,
-                repetition_penalty=request.repetition_penalty, seed=request.seed,
-                speak=request.speak, voice=request.audio.voice if request.speak else "Chelsie",
-                talker=TalkerOptions(request.talker_temperature, request.talker_top_k,
-                                     request.talker_top_p, request.talker_repetition_penalty,
-                                     request.max_codec_tokens))
+    generation = GenerationOptions(
+        max_tokens=max_tokens, temperature=request.temperature, top_p=request.top_p,
+        top_k=request.top_k, min_p=request.min_p, repetition_penalty=request.repetition_penalty,
+        seed=request.seed, use_audio_in_video=request.use_audio_in_video, speak=request.speak)
+    return Turn(model, generation, speech_options(request, request.audio.voice
+                                                  if request.speak else "Chelsie"))
+
+
+def speech_options(request, voice: str) -> SpeechOptions:
+    return SpeechOptions(voice=voice, talker_temperature=request.talker_temperature,
+                         talker_top_k=request.talker_top_k, talker_top_p=request.talker_top_p,
+                         talker_repetition_penalty=request.talker_repetition_penalty,
+                         max_codec_tokens=request.max_codec_tokens)
 
 
 def chat_events(model, cache: PromptCache, request: ChatRequest, messages: list,
                 max_tokens: int) -> Iterator:
     """The reply's TextDelta and AudioChunk events, then a Finished."""
     turn = chat_turn(model, request, max_tokens)
-    events = cache.run(turn, turn.messages(messages), request.use_audio_in_video)
+    events = cache.run(turn, turn.messages(messages))
     cut, text, done = StopText(request.stops), [], None
     try:
         for event in events:
@@ -90,10 +99,7 @@ def chat_events(model, cache: PromptCache, request: ChatRequest, messages: list,
 
 def speech_events(model, request: SpeechRequest) -> Iterator:
     return speak_text(model, request.input, request.voice, seed=request.seed,
-                      talker_temperature=request.talker_temperature,
-                      talker_top_k=request.talker_top_k, talker_top_p=request.talker_top_p,
-                      talker_repetition_penalty=request.talker_repetition_penalty,
-                      max_codec_tokens=request.max_codec_tokens)
+                      speech=speech_options(request, request.voice))
 
 
 def transcription_events(model, audio: bytes, language: Optional[str], prompt: Optional[str],

@@ -1,12 +1,15 @@
 """`omni-edge chat`: an interactive, multi-turn conversation that speaks while it streams."""
 
+import functools
 import shlex
 import sys
 from typing import Callable, List, Optional
 
 import numpy as np
 
-from .speech import SAMPLE_RATE, TalkerOptions
+from ..events import SPEECH_SAMPLE_RATE
+from .common import (MODEL_HELP, add_generation_options, add_speech_options, generation_options,
+                     load_model, speech_options)
 
 TURN_GAP_S = 0.3  # silence between the turns' speech in the --save file
 MEDIA_COMMANDS = {"/audio": "question.wav", "/image": "photo.jpg", "/video": "clip.mp4"}
@@ -42,33 +45,44 @@ def parse_line(line: str):
     raise ValueError(f"unknown command {word}; {HELP}")
 
 
-def session_options(args) -> dict:
-    from .cli import generation_kwargs
+def add_parser(sub):
+    p = sub.add_parser("chat", help="talk with the model: multi-turn, speaking as it streams",
+                       description=HELP)
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--system", help="system prompt (speech needs the default one)")
+    p.add_argument("--text-only", action="store_true", help="reply in text only, no speech")
+    p.add_argument("--no-play", action="store_true", help="don't play the speech (headless)")
+    p.add_argument("--save", metavar="OUT.wav", help="write all of the session's speech here")
+    p.add_argument("--jitter-ms", type=float, default=150,
+                   help="the least audio buffered before playback starts")
+    add_speech_options(p)
+    add_generation_options(p)
+    p.set_defaults(func=chat)
 
-    options = generation_kwargs(args)
-    options.pop("truncate")  # a conversation that outgrows the context asks for /reset
-    if not args.text_only:
-        options.update(
-            speak=True, voice=args.voice, first_chunk_frames=args.first_chunk_frames,
-            chunk_frames=args.chunk_frames, token2wav_steps=args.token2wav_steps,
-            talker=TalkerOptions(args.talker_temp, args.talker_top_k, args.talker_top_p,
-                                 args.talker_repetition_penalty, args.max_codec_tokens))
-    return options
+
+def session_options(args) -> dict:
+    """ChatSession's keywords from the flags (a conversation that outgrows the context drops
+    its oldest turns)."""
+    return dict(generation_options(args), speak=not args.text_only, speech=speech_options(args))
 
 
 def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = None):
     """Run the conversation loop. `player_factory(sample_rate=...)` replaces the sound card
     (tests); playback problems are reported before the model loads."""
-    from .chat import ChatSession
-    from .cli import load_for_speech, save_wav
-    from .playback import Player
+    from ..chat import ChatSession
+    from ..playback import Player
+    from ..wavfile import save_wav
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if args.jitter_ms < 0:
+        raise ValueError(f"--jitter-ms is the least audio buffered before playback, >= 0; got "
+                         f"{args.jitter_ms}")
     play = not args.text_only and not args.no_play
-    player_factory = player_factory or Player
+    player_factory = functools.partial(player_factory or Player, sample_rate=SPEECH_SAMPLE_RATE,
+                                       jitter_ms=args.jitter_ms)
     if play:
-        player_factory(sample_rate=SAMPLE_RATE).close()  # fail now, with the install hint
-    model = load_for_speech(args)
+        player_factory().close()  # fail now, with the install hint
+    model = load_model(args)
     session = ChatSession(model, system=args.system, **session_options(args))
     speech: List[np.ndarray] = []
     print(HELP, file=stdout)
@@ -100,7 +114,7 @@ def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = Non
 
 def _turn(session, content, stdout, player_factory, speech: list):
     """One reply: text to stdout, audio to the player and the session's recording."""
-    player = player_factory(sample_rate=SAMPLE_RATE) if player_factory else None
+    player = player_factory() if player_factory else None
     events = session.send(content)
     audio = []
     interrupted = False
@@ -111,13 +125,14 @@ def _turn(session, content, stdout, player_factory, speech: list):
             elif event.type == "audio":
                 audio.append(event.audio)
                 if player is not None:
-                    player.write(event.audio)
+                    player.write(event.audio, ahead_s=event.next_in_s)
             else:
                 stats = event.stats
                 line = f"[{stats.generation_tokens} tokens, {stats.generation_tps:.1f} tok/s"
                 if stats.codec_tokens:
                     line += (f"; {stats.audio_seconds:.1f} s of speech, first audio after "
-                             f"{stats.time_to_first_audio:.2f} s")
+                             f"{stats.time_to_first_audio:.2f} s, glitch-free from "
+                             f"{stats.glitch_free_start_s:.2f} s")
                 print(f"\n{line}]", file=stdout)
     except KeyboardInterrupt:
         interrupted = True
@@ -128,7 +143,9 @@ def _turn(session, content, stdout, player_factory, speech: list):
         events.close()
         if player is not None:
             player.close(wait=not interrupted)
+            if player.underruns:
+                print(f"(playback ran dry {player.underruns} time(s))", file=stdout)
     if audio:
         if speech:
-            speech.append(np.zeros(int(TURN_GAP_S * SAMPLE_RATE), np.float32))
+            speech.append(np.zeros(int(TURN_GAP_S * SPEECH_SAMPLE_RATE), np.float32))
         speech.extend(audio)
