@@ -39,10 +39,20 @@ class GenerationOptions:
     use_audio_in_video: bool = False
     speak: bool = False
     noise: Any = None  # Token2Wav's starting noise [frames, 80], for reproducible speech
+    max_kv_size: Optional[int] = None  # a rotating Thinker KV cache of this many positions
+    kv_bits: Optional[int] = None  # quantize the Thinker KV cache (4 or 8 bits) after prefill
 
     def __post_init__(self):
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens must lie in [0, max_tokens={self.max_tokens}], got "
+                             f"{self.min_tokens}")
+        if self.max_kv_size is not None and self.max_kv_size < 16:
+            raise ValueError(f"max_kv_size must be at least 16 positions, got {self.max_kv_size}")
+        if self.kv_bits not in (None, 4, 8):
+            raise ValueError(f"kv_bits must be 4 or 8 (or None for a float cache), got "
+                             f"{self.kv_bits}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.prefill_step_size < 1:

@@ -67,13 +67,19 @@ class Turn:
             raise ValueError(f"the conversation fills the context ({len(prompt.ids)} of "
                              f"{self.context} tokens); start a new one or raise max_context")
         capture = capture if capture is not None else ([] if opts.speak else None)
+        if opts.max_kv_size and len(prompt.new_ids) > opts.max_kv_size:
+            raise ValueError(f"this turn's prompt has {len(prompt.new_ids)} new tokens but "
+                             f"max_kv_size={opts.max_kv_size} positions; raise max_kv_size or "
+                             "send less")
+        if cache is None:
+            cache = model.thinker.make_cache(opts.max_kv_size)
         steps = generate_step(
             model, prompt.new_ids, max_tokens=n_tokens, cache=cache,
             logits_processors=processors, input_embeddings=prompt.embeds,
             prefill_step_size=opts.prefill_step_size, capture=capture,
             sampler=make_thinker_sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p),
             position_ids=prompt.positions, rope_delta=prompt.rope_delta,
-            seen_ids=prompt.ids[:prompt.cached], forced_ids=forced_ids,
+            seen_ids=prompt.ids[:prompt.cached], forced_ids=forced_ids, kv_bits=opts.kv_bits,
         )
         if fed is not None:
             steps = _recorded(steps, fed)

@@ -20,6 +20,9 @@ def add_generation_options(p):
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--max-context", type=int, help="context size (default: the model's)")
+    p.add_argument("--max-kv-size", type=int,
+                   help="a rotating KV cache of this many positions (bounds memory)")
+    p.add_argument("--kv-bits", type=int, choices=[4, 8], help="quantize the KV cache")
 
 
 def add_speech_options(p):
@@ -47,7 +50,8 @@ def add_speech_options(p):
 def generation_options(args) -> dict:
     return dict(max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p,
                 top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                seed=args.seed, max_context=args.max_context)
+                seed=args.seed, max_context=args.max_context, max_kv_size=args.max_kv_size,
+                kv_bits=args.kv_bits)
 
 
 def speech_options(args) -> SpeechOptions:
