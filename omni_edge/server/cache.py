@@ -36,8 +36,8 @@ class PromptCache(ChatSession):
         if len(inputs.input_ids) >= turn.context:
             raise ValueError(f"the conversation ({len(inputs.input_ids)} tokens) does not fit the "
                              f"context of {turn.context} tokens; send fewer or shorter messages")
-        keep = self._reusable(inputs.input_ids)
-        self._trim(keep)
+        self._trim(self._reusable(inputs.input_ids))
+        keep = len(self.ids)  # what the cache still holds (a wrapped rotating cache starts over)
         prompt = build_prompt(self.model, inputs, keep)
         self.reused, self.prompt_tokens, self.fed = keep, len(prompt.ids), []
         capture = ([self.rows] if self.rows else []) if self.speak else None
