@@ -7,7 +7,7 @@ import sys
 from ..convert.coreml import cli as convert_coreml
 from ..playback import PlaybackError
 from ..server import cli as serve
-from . import bench, chat, convert, generate
+from . import bench, chat, convert, eval_speech, generate
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, PlaybackError)
 
@@ -28,7 +28,7 @@ def _run_demo(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omni-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (convert, convert_coreml, generate, chat, bench, serve):
+    for module in (convert, convert_coreml, generate, chat, bench, serve, eval_speech):
         module.add_parser(sub)
     _add_demo(sub)
     return parser
