@@ -3,8 +3,8 @@
 The reference's 50 Hz streaming code2wav (spec §8.8; Qwen's vLLM fork `Qwen2Code2wav.fast_forward`,
 vllm-omni `Qwen2_5OmniToken2WavModel.process_chunk`). Mel frames are cut into chunks of 3 DiT
 blocks (72 frames). Window i samples frames [chunk start − 48, chunk end + 24) from its slice of
-one shared noise buffer, with the same RK4/CFG sampler as the offline path; it only sees its
-window, so its mel differs slightly from an offline run near the window edges. The chunk's
+one shared noise buffer, with the same solver as the offline path (models/solvers.py); it only
+sees its window, so its mel differs slightly from an offline run near the window edges. The chunk's
 frames are then vocoded after the last 40 frames already vocoded; 20 frames (4800 samples) of
 audio are dropped on each inner side, because BigVGAN near an edge of its input has not seen the
 neighbours yet. Each window emits [chunk start − 20, chunk end − 20) frames of audio; the

@@ -8,6 +8,7 @@ the rest on the conditional row alone.
 """
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Union
 
@@ -36,7 +37,7 @@ class Solver:
         if self.method not in STAGES:
             raise ValueError(f"unknown solver method {self.method!r}; choose one of: "
                              f"{', '.join(STAGES)}")
-        if not isinstance(self.steps, int) or self.steps < 2:
+        if not isinstance(self.steps, numbers.Integral) or self.steps < 2:
             raise ValueError(f"steps must be an integer >= 2 (time points from 0 to 1, so at "
                              f"least 1 interval), got {self.steps!r}")
         if self.cfg_intervals is not None and not 0 <= self.cfg_intervals <= self.steps - 1:
