@@ -6,7 +6,7 @@ reported beside the reference sampler's on the same model."""
 
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -47,9 +47,14 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     return float(jiwer.wer(refs, hyps))
 
 
-def speak(model, sentence: str, preset: str, voice: str, seed: int) -> np.ndarray:
+MAX_CODEC_TOKENS = 1000  # 20 s: far past any of the sentences, so a Talker that never ends stops
+
+
+def speak(model, sentence: str, preset: str, voice: str, seed: int,
+          max_codec_tokens: int = MAX_CODEC_TOKENS) -> np.ndarray:
+    speech = replace(SPEECH_PRESETS[preset], max_codec_tokens=max_codec_tokens)
     audio = []
-    for event in speak_text(model, sentence, voice, speech=SPEECH_PRESETS[preset], seed=seed):
+    for event in speak_text(model, sentence, voice, speech=speech, seed=seed):
         if event.type == "audio":
             audio.append(event.audio)
     return np.concatenate(audio) if audio else np.zeros(0, np.float32)
@@ -57,7 +62,7 @@ def speak(model, sentence: str, preset: str, voice: str, seed: int) -> np.ndarra
 
 def evaluate(model, presets: Sequence[str], sentences: Sequence[str] = SENTENCES,
              voice: str = "Chelsie", seed: int = 0, label: str = "",
-             progress=print) -> List[dict]:
+             max_codec_tokens: int = MAX_CODEC_TOKENS, progress=print) -> List[dict]:
     """One row per preset: WER over `sentences`, its difference from the "reference" preset's
     on this model (when it is among `presets`), and what was heard."""
     check(presets, sentences)
@@ -65,7 +70,7 @@ def evaluate(model, presets: Sequence[str], sentences: Sequence[str] = SENTENCES
     for preset in presets:
         heard, seconds, start = [], 0.0, time.perf_counter()
         for sentence in sentences:
-            audio = speak(model, sentence, preset, voice, seed)
+            audio = speak(model, sentence, preset, voice, seed, max_codec_tokens)
             seconds += len(audio) / SPEECH_SAMPLE_RATE
             heard.append(transcribe(model, audio, language="English",
                                     sampling_rate=SPEECH_SAMPLE_RATE) if len(audio) else "")

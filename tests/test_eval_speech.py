@@ -39,7 +39,8 @@ def run_cli(args, cwd):
 def test_eval_speech_runs_on_the_demo_checkpoint(demo_model_dir, tmp_path):
     (tmp_path / "s.txt").write_text("Hello there.\n\nGood night.\n")
     done = run_cli(["eval-speech", "--model", demo_model_dir, "--presets", "reference,fast",
-                    "--sentences", "s.txt", "--out", "wer.json"], tmp_path)
+                    "--sentences", "s.txt", "--max-codec-tokens", "20", "--out", "wer.json"],
+                   tmp_path)
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "wer.json").read_text())
     assert result["sentences"] == ["Hello there.", "Good night."]

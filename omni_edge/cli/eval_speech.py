@@ -21,6 +21,8 @@ def add_parser(sub):
                                        "sentences)")
     p.add_argument("--voice", default="Chelsie")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-codec-tokens", type=int, default=1000,
+                   help="bound on each sentence's speech (50 codec tokens per second)")
     p.add_argument("--out", default="omni-edge-eval-speech.json", help="the JSON written")
     p.set_defaults(func=run)
 
@@ -43,9 +45,12 @@ def run(args):
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     sentences = read_sentences(args.sentences)
     check(presets, sentences)
+    if args.max_codec_tokens < 1:
+        raise ValueError(f"--max-codec-tokens must be at least 1, got {args.max_codec_tokens}")
     rows = []
     for path in args.model:
-        rows += evaluate(load(path), presets, sentences, args.voice, args.seed, label=path)
+        rows += evaluate(load(path), presets, sentences, args.voice, args.seed, label=path,
+                         max_codec_tokens=args.max_codec_tokens)
     print(table(rows))
     out = Path(args.out)
     tmp = out.with_name(out.name + ".partial")
