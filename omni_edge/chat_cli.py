@@ -64,6 +64,11 @@ def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = Non
     from .playback import Player
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    from .voice import run_listen, wants_listen
+
+    if wants_listen(args):  # issue 14: the microphone is the input (omni_edge/voice)
+        return run_listen(args, lambda: load_for_speech(args), session_options(args), parse_line,
+                          save_wav, stdin=stdin, stdout=stdout)
     play = not args.text_only and not args.no_play
     player_factory = player_factory or Player
     if play:

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .convert.coreml.cli import add_parser as _add_convert_coreml
+from .voice import add_listen_options
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -93,6 +94,7 @@ def _add_chat(sub):
     p.add_argument("--no-play", action="store_true", help="don't play the speech (headless)")
     p.add_argument("--save", metavar="OUT.wav", help="write all of the session's speech here")
     p.add_argument("--jitter-ms", type=float, default=150, help="playback buffer before sound starts")
+    add_listen_options(p)  # issue 14: omni-edge chat --listen (omni_edge/voice)
     _add_talker_options(p)
     _add_generation_options(p)
     p.set_defaults(func=run_chat)

@@ -1,0 +1,11 @@
+"""Talk to the model: the microphone (or a file) in, turn-taking with a VAD, spoken replies
+through one output stream, barge-in, echo cancellation and an event log (`omni-edge chat
+--listen`)."""
+
+from .cli import add_listen_options, run_listen, wants_listen
+from .heard import keep_heard
+from .listener import EventLog, Listener
+from .turns import Endpointer, SileroVAD, TurnOptions
+
+__all__ = ["add_listen_options", "run_listen", "wants_listen", "keep_heard", "EventLog",
+           "Listener", "Endpointer", "SileroVAD", "TurnOptions"]

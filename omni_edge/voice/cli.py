@@ -1,0 +1,139 @@
+"""`omni-edge chat --listen`: the flags (`add_listen_options`) and the session (`run_listen`)."""
+
+import argparse
+import queue
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+from ..playback import SAMPLE_RATE
+from .audio_io import FileSource, MicrophoneSource, describe_devices, import_sounddevice, open_player
+from .echo import EchoCanceller, aec_available
+from .listener import EventLog, Listener, read_lines
+from .turns import (HANGOVER_S, MAX_UTTERANCE_S, MIN_SPEECH_S, PRE_ROLL_S, THRESHOLD, Endpointer,
+                    SileroVAD, TurnOptions)
+
+HELP = ("Listening: speak, and pause to let it answer; talking over a reply interrupts it{barge}. "
+        "Typed lines still work (/reset, /quit, /audio FILE ...); Ctrl-C or /quit leaves.")
+PTT_HELP = ("Push-to-talk: press Enter to start speaking and Enter again to send; typed lines "
+            "still work; Ctrl-C or /quit leaves.")
+
+
+class _ListDevices(argparse.Action):
+    """--list-devices prints the sound devices and exits, before --model is asked for."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            print(describe_devices(import_sounddevice()))
+        except ValueError as err:
+            parser.exit(2, f"error: {err}\n")
+        parser.exit()
+
+
+def add_listen_options(p):
+    g = p.add_argument_group("listening (--listen: the microphone is the input)")
+    g.add_argument("--listen", action="store_true",
+                   help="talk to it: each utterance is a turn, replies are spoken as they stream")
+    g.add_argument("--ptt", action="store_true",
+                   help="push-to-talk instead of voice detection: Enter starts and stops (noisy rooms)")
+    g.add_argument("--mic-file", metavar="FILE",
+                   help="use this recording as the microphone, streamed in real time")
+    g.add_argument("--log", metavar="FILE.jsonl",
+                   help='write events as JSON lines {"t": input-clock seconds, "event": ...}')
+    g.add_argument("--list-devices", action=_ListDevices, help="list sound devices and exit")
+    g.add_argument("--input-device", help="microphone: index or part of its name")
+    g.add_argument("--output-device", help="speaker: index or part of its name")
+    g.add_argument("--barge-in", action="store_true",
+                   help="let speech interrupt a reply even without echo cancellation (headphones)")
+    g.add_argument("--no-aec", action="store_true",
+                   help="no echo cancellation: half-duplex (the microphone is ignored while a "
+                        "reply plays) unless --barge-in")
+    g.add_argument("--hangover-ms", type=float, default=HANGOVER_S * 1000,
+                   help="silence that ends a turn")
+    g.add_argument("--min-speech-ms", type=float, default=MIN_SPEECH_S * 1000,
+                   help="shorter speech (a cough, a click) is no turn")
+    g.add_argument("--max-utterance-s", type=float, default=MAX_UTTERANCE_S,
+                   help="a turn ends here even without a pause")
+    g.add_argument("--pre-roll-ms", type=float, default=PRE_ROLL_S * 1000,
+                   help="audio kept from before the detected start")
+    g.add_argument("--vad-threshold", type=float, default=THRESHOLD,
+                   help="speech probability (0-1) that counts as speech")
+
+
+def wants_listen(args) -> bool:
+    """Whether `omni-edge chat` listens: --listen, or a flag that only makes sense so."""
+    listen = bool(getattr(args, "listen", False) or getattr(args, "mic_file", None)
+                  or getattr(args, "ptt", False))
+    if not listen and getattr(args, "log", None):
+        raise ValueError("--log records a listening session; add --listen (or --mic-file FILE)")
+    return listen
+
+
+def turn_options(args) -> TurnOptions:
+    return TurnOptions(threshold=args.vad_threshold, hangover_s=args.hangover_ms / 1000,
+                       min_speech_s=args.min_speech_ms / 1000,
+                       max_utterance_s=args.max_utterance_s, pre_roll_s=args.pre_roll_ms / 1000)
+
+
+def echo_mode(args, play: bool) -> str:
+    """"none" (nothing plays), "aec", "headphones" (--barge-in, no AEC) or "half-duplex"."""
+    if not play:
+        return "none"
+    if not args.no_aec and aec_available():
+        return "aec"
+    return "headphones" if args.barge_in else "half-duplex"
+
+
+def run_listen(args, load_model: Callable, options: dict, parse_line: Callable,
+               save_wav: Callable, stdin=None, stdout=None, sd=None,
+               output_stream_factory: Optional[Callable] = None, clock=time):
+    """The listening session. Everything that can fail on this machine (the microphone, the
+    file, the speaker, the VAD) fails before the model loads. `sd` replaces the sounddevice
+    module, `output_stream_factory` the output stream and `clock` the time module (tests)."""
+    from ..chat import ChatSession
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if args.ptt and args.mic_file:
+        raise ValueError("--ptt listens to the microphone; drop it with --mic-file")
+    opts = turn_options(args)
+    play = bool(options.get("speak")) and not args.no_play
+    mode = echo_mode(args, play)
+    vad = SileroVAD()
+    source = FileSource(args.mic_file, clock) if args.mic_file else \
+        MicrophoneSource(args.input_device, sd=sd)
+    player = log = None
+    try:
+        echo = EchoCanceller(SAMPLE_RATE) if mode == "aec" else None
+        player = open_player(play, args.output_device, args.jitter_ms,
+                             on_play=echo.played if echo else None,
+                             stream_factory=output_stream_factory)
+        session = ChatSession(load_model(), system=args.system, **options)
+        log = EventLog(args.log)
+        typed: queue.Queue = queue.Queue()
+        threading.Thread(target=read_lines, args=(stdin, typed), daemon=True).start()
+        barge = mode != "half-duplex"
+        print(PTT_HELP if args.ptt else HELP.format(barge="" if barge else (
+            " (not while it speaks: no echo cancellation; --barge-in with headphones)")),
+            file=stdout, flush=True)
+        print(f"(input: {source.name}; echo: {mode})", file=stdout, flush=True)
+        listener = Listener(session, source, player, Endpointer(vad, opts), log, stdout,
+                            echo=echo, barge_in=barge, typed=typed, ptt=args.ptt,
+                            parse_line=parse_line)
+        try:
+            listener.run()
+        except KeyboardInterrupt:  # Ctrl-C leaves; the reply stops, the speech is still saved
+            print("\n(stopped)", file=stdout, flush=True)
+        if args.save:
+            save_wav(args.save, listener.speech)
+            print(f"(speech saved to {args.save})", file=stdout, flush=True)
+        return listener
+    finally:
+        source.close()
+        if player is not None:
+            player.close(wait=False)
+        if log is not None:
+            log.close()
