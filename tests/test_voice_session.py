@@ -133,3 +133,17 @@ def test_listen_without_portaudio_names_the_fix_and_mic_file(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=path))
     assert done.returncode == 2 and "omni-edge[voice]" in done.stderr
+
+
+def test_voice_assistant_example_listens_to_a_file(model_dir, tmp_path):
+    mic, _ = scene(0.5, say("Hello, who are you?"), 0.8)
+    sf.write(tmp_path / "mic.wav", mic, RATE)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "voice_assistant.py"),
+                           "--model", model_dir, "--mic-file", "mic.wav", "--no-play",
+                           "--max-tokens", "6", "--max-codec-tokens", "30"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=path))
+    assert done.returncode == 0, done.stderr
+    assert "user: <audio>" in done.stdout and "\nassistant: " in done.stdout
+    log = [json.loads(line)["event"] for line in (tmp_path / "voice-log.jsonl").read_text().splitlines()]
+    assert log.count("turn") == 1 and log[-1] == "reply_end"

@@ -79,61 +79,93 @@ def turn_options(args) -> TurnOptions:
                        max_utterance_s=args.max_utterance_s, pre_roll_s=args.pre_roll_ms / 1000)
 
 
-def echo_mode(args, play: bool) -> str:
+def echo_mode(aec: bool, barge_in: bool, play: bool) -> str:
     """"none" (nothing plays), "aec", "headphones" (--barge-in, no AEC) or "half-duplex"."""
     if not play:
         return "none"
-    if not args.no_aec and aec_available():
+    if aec and aec_available():
         return "aec"
-    return "headphones" if args.barge_in else "half-duplex"
+    return "headphones" if barge_in else "half-duplex"
 
 
-def run_listen(args, load_model: Callable, options: dict, parse_line: Callable,
-               save_wav: Callable, stdin=None, stdout=None, sd=None,
+def open_audio(mic_file: Optional[str] = None, input_device: Optional[str] = None,
+               output_device: Optional[str] = None, play: bool = True, aec: bool = True,
+               barge_in: bool = False, jitter_ms: float = 150, sd=None,
                output_stream_factory: Optional[Callable] = None, clock=time):
-    """The listening session. Everything that can fail on this machine (the microphone, the
-    file, the speaker, the VAD) fails before the model loads. `sd` replaces the sounddevice
+    """The input source, the session's player, the echo canceller (or None) and the echo mode;
+    every error is raised here, before a model is needed. `sd` replaces the sounddevice
     module, `output_stream_factory` the output stream and `clock` the time module (tests)."""
-    from ..chat import ChatSession
-
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    if args.ptt and args.mic_file:
-        raise ValueError("--ptt listens to the microphone; drop it with --mic-file")
-    opts = turn_options(args)
-    play = bool(options.get("speak")) and not args.no_play
-    mode = echo_mode(args, play)
-    vad = SileroVAD()
-    source = FileSource(args.mic_file, clock) if args.mic_file else \
-        MicrophoneSource(args.input_device, sd=sd)
-    player = log = None
+    mode = echo_mode(aec, barge_in, play)
+    source = FileSource(mic_file, clock) if mic_file else MicrophoneSource(input_device, sd=sd)
     try:
         echo = EchoCanceller(SAMPLE_RATE) if mode == "aec" else None
-        player = open_player(play, args.output_device, args.jitter_ms,
-                             on_play=echo.played if echo else None,
+        player = open_player(play, output_device, jitter_ms, on_play=echo.played if echo else None,
                              stream_factory=output_stream_factory)
-        session = ChatSession(load_model(), system=args.system, **options)
-        log = EventLog(args.log)
-        typed: queue.Queue = queue.Queue()
-        threading.Thread(target=read_lines, args=(stdin, typed), daemon=True).start()
+    except BaseException:
+        source.close()
+        raise
+    return source, player, echo, mode
+
+
+def listen(session, *, mic_file: Optional[str] = None, input_device: Optional[str] = None,
+           output_device: Optional[str] = None, play: bool = True, aec: bool = True,
+           barge_in: bool = False, options: TurnOptions = TurnOptions(), log: Optional[str] = None,
+           jitter_ms: float = 150, out=None, typed=None, ptt: bool = False,
+           parse_line: Optional[Callable] = None, opened=None, **devices) -> Listener:
+    """Talk with `session` (a ChatSession with speak=True) until Ctrl-C, `/quit` or, with
+    `mic_file`, the file's end once the last reply ended. Returns the Listener (its `.speech`,
+    the replies as heard; `log.events`). `typed`: a text stream of typed lines
+    (`parse_line` reads them); `opened`: what `open_audio` returned, when already opened."""
+    vad = SileroVAD()
+    source, player, echo, mode = opened or open_audio(
+        mic_file, input_device, output_device, play, aec, barge_in, jitter_ms, **devices)
+    out = out or sys.stdout
+    events = EventLog(log)
+    try:
+        lines = None
+        if typed is not None:
+            lines = queue.Queue()
+            threading.Thread(target=read_lines, args=(typed, lines), daemon=True).start()
         barge = mode != "half-duplex"
-        print(PTT_HELP if args.ptt else HELP.format(barge="" if barge else (
+        print(PTT_HELP if ptt else HELP.format(barge="" if barge else (
             " (not while it speaks: no echo cancellation; --barge-in with headphones)")),
-            file=stdout, flush=True)
-        print(f"(input: {source.name}; echo: {mode})", file=stdout, flush=True)
-        listener = Listener(session, source, player, Endpointer(vad, opts), log, stdout,
-                            echo=echo, barge_in=barge, typed=typed, ptt=args.ptt,
-                            parse_line=parse_line)
+            file=out, flush=True)
+        print(f"(input: {source.name}; echo: {mode})", file=out, flush=True)
+        listener = Listener(session, source, player, Endpointer(vad, options), events, out,
+                            echo=echo, barge_in=barge, typed=lines, ptt=ptt, parse_line=parse_line)
         try:
             listener.run()
-        except KeyboardInterrupt:  # Ctrl-C leaves; the reply stops, the speech is still saved
-            print("\n(stopped)", file=stdout, flush=True)
-        if args.save:
-            save_wav(args.save, listener.speech)
-            print(f"(speech saved to {args.save})", file=stdout, flush=True)
+        except KeyboardInterrupt:  # Ctrl-C leaves; the reply stops, the speech is kept
+            print("\n(stopped)", file=out, flush=True)
         return listener
     finally:
         source.close()
-        if player is not None:
-            player.close(wait=False)
-        if log is not None:
-            log.close()
+        player.close(wait=False)
+        events.close()
+
+
+def run_listen(args, load_model: Callable, options: dict, parse_line: Callable,
+               save_wav: Callable, stdin=None, stdout=None, **devices):
+    """`omni-edge chat --listen`: everything that can fail on this machine (the microphone, the
+    file, the speaker, the VAD) fails before the model loads."""
+    from ..chat import ChatSession
+
+    if args.ptt and args.mic_file:
+        raise ValueError("--ptt listens to the microphone; drop it with --mic-file")
+    turns = turn_options(args)
+    SileroVAD()
+    play = bool(options.get("speak")) and not args.no_play
+    opened = open_audio(args.mic_file, args.input_device, args.output_device, play,
+                        not args.no_aec, args.barge_in, args.jitter_ms, **devices)
+    try:
+        session = ChatSession(load_model(), system=args.system, **options)
+    except BaseException:
+        opened[0].close()
+        opened[1].close(wait=False)
+        raise
+    listener = listen(session, options=turns, log=args.log, out=stdout, typed=stdin or sys.stdin,
+                      ptt=args.ptt, parse_line=parse_line, opened=opened)
+    if args.save:
+        save_wav(args.save, listener.speech)
+        print(f"(speech saved to {args.save})", file=stdout or sys.stdout, flush=True)
+    return listener

@@ -3,8 +3,10 @@ livekit's AudioProcessingModule ships it, with wheels for macOS arm64 and Linux)
 from the microphone signal before the VAD reads it, given what the speaker played.
 
 Measured (benchmarks/voice_latency.py --echo-cases): an espeak-ng reply mixed back into the
-microphone 20-150 ms late at gain 0.1-0.6 was never taken for speech after cancellation (it was
-within 0.2 s without it), while a user talking over it was still found."""
+microphone 20-150 ms late at gain 0.1-0.6 was never taken for speech after cancellation (without
+it, within 0.25 s of the reply's start), while a user talking over it was still found, 0.1-0.8 s
+after they began (the louder the echo, the later). aec-audio-processing builds WebRTC from
+source (no wheels), so it was not kept; speexdsp's canceller is older than AEC3."""
 
 import collections
 import threading
@@ -38,10 +40,12 @@ class EchoCanceller:
             raise ValueError('echo cancellation needs the livekit package: pip install '
                              '"omni-edge[voice]", or pass --no-aec') from e
         self.rtc = rtc
-        self.apm = rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=False,
+        self.apm = rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=True,
                                              high_pass_filter=True)
         self.apm.set_stream_delay_ms(0)  # AEC3 estimates the speaker-to-microphone delay itself
-        self.resample = soxr.ResampleStream(rate, INPUT_RATE, 1, dtype="float32")
+        # a low-delay resampler: the reference must not arrive after its echo (soxr's HQ filter
+        # delays it by ~20 ms, and the canceller then missed echoes that came back that soon)
+        self.resample = soxr.ResampleStream(rate, INPUT_RATE, 1, dtype="float32", quality="LQ")
         self.pending = collections.deque()  # played blocks at `rate`, from the output thread
         self.lock = threading.Lock()
         self.far = np.zeros(0, np.float32)

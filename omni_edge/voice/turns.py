@@ -12,9 +12,10 @@ from .audio_io import INPUT_RATE
 BLOCK = 512  # samples per VAD decision: Silero's fixed window at 16 kHz (32 ms)
 BLOCK_S = BLOCK / INPUT_RATE
 # Defaults measured on espeak-ng speech in white and brown noise (benchmarks/voice_latency.py
-# --vad-cases): the longest pause inside a sentence was 288 ms, so a 0.5 s hangover ends a turn
-# without cutting one; Silero finds onsets within 56 ms down to 0 dB SNR and flagged no noise
-# block as speech, so 3 blocks (96 ms) confirm a start.
+# --vad-cases): the longest pause inside a sentence was 256 ms, so a 0.5 s hangover ends a turn
+# without cutting one; Silero found onsets within 24 ms down to 0 dB SNR and took no noise block
+# for speech (an energy threshold missed most of the speech from 10 dB), so 3 blocks (96 ms)
+# confirm a start.
 THRESHOLD = 0.5  # speech probability that starts or continues speech
 NEG_THRESHOLD = 0.35  # below this a block counts as silence (Silero's hysteresis)
 HANGOVER_S = 0.5
