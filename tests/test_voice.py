@@ -264,3 +264,58 @@ def test_event_log_is_json_lines(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert lines == [{"t": 1.235, "event": "speech_start"},
                      {"t": 2.0, "event": "barge_in", "heard_s": 0.5}]
+
+
+class LinesAt:
+    """Typed lines that arrive when the room's microphone reaches given seconds."""
+
+    def __init__(self, room, lines):
+        self.room, self.lines = room, list(lines)
+
+    def get_nowait(self):
+        if self.lines and self.room.pos / self.room.mic_rate >= self.lines[0][0]:
+            return self.lines.pop(0)[1]
+        raise queue.Empty
+
+
+def test_push_to_talk_records_between_two_enters(voices):
+    mic, spans = scene(0.5, voices["question"], 1.0, voices["follow"], 2.0)
+    room = Room(mic)
+    s, e = spans[1]
+    typed = LinesAt(room, [(s - 0.2, "\n"), (e + 0.2, "\n")])  # only the second sentence
+    session = ScriptedSession(lambda content: iter([text("ok"), done()]))
+    log = EventLog()
+    listener = Listener(session, SceneMic(room), VirtualPlayer(), Endpointer(SileroVAD()), log,
+                        io.StringIO(), typed=typed, ptt=True, parse_line=parse_line)
+    listener.run()
+    assert len(session.sent) == 1
+    recorded = session.sent[0][0]["audio"]
+    assert abs(len(recorded) / RATE - (e - s + 0.4)) < 0.1  # what was between the Enters
+    assert [x["event"] for x in log.events][:3] == ["speech_start", "speech_end", "turn"]
+
+
+def test_a_failing_turn_is_reported_and_the_session_listens_on(voices):
+    def reply(content):
+        if len(session.sent) == 1:
+            raise ValueError("the conversation no longer fits the context; reset it")
+        yield text("fine")
+        yield done()
+    mic, _ = scene(0.5, voices["question"], 1.0, voices["follow"], 1.5)
+    session = ScriptedSession(reply)
+    listener, names, _ = listen(Room(mic), session, play=False)
+    out = listener.out.getvalue()
+    assert "error: the conversation no longer fits" in out and out.rstrip().endswith("fine")
+    assert names.count("turn") == 2 and names.count("reply_end") == 2
+
+
+def test_list_devices_needs_no_model(monkeypatch, capsys):
+    import sys
+
+    from omni_edge.cli import main
+
+    monkeypatch.setitem(sys.modules, "sounddevice", Room(np.zeros(10, np.float32)))
+    with pytest.raises(SystemExit) as exit_:
+        main(["chat", "--list-devices"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "0: Fake Mic (1 in, 16000 Hz)" in out and "1: Fake Speakers (2 out, 24000 Hz)" in out
