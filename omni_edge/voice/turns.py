@@ -17,7 +17,7 @@ BLOCK_S = BLOCK / INPUT_RATE
 # for speech (an energy threshold missed most of the speech from 10 dB), so 3 blocks (96 ms)
 # confirm a start.
 THRESHOLD = 0.5  # speech probability that starts or continues speech
-NEG_THRESHOLD = 0.35  # below this a block counts as silence (Silero's hysteresis)
+NEG_THRESHOLD = 0.35  # in speech, a block below this is silence (Silero's hysteresis)
 HANGOVER_S = 0.5
 MIN_SPEECH_S = 0.25
 MAX_UTTERANCE_S = 30.0
@@ -104,9 +104,9 @@ class Endpointer:
         if not self.in_speech:
             return self._idle(block, p, t0, t_end)
         self.blocks.append(block)
-        if p >= self.opts.threshold:
+        if p >= NEG_THRESHOLD:  # once started, speech goes on down to the lower threshold
             self.silence, self.last_speech = 0, t_end
-        elif p < NEG_THRESHOLD:
+        else:
             self.silence += 1
         if self.silence * BLOCK_S >= self.opts.hangover_s or \
                 t_end - self.start >= self.opts.max_utterance_s:
