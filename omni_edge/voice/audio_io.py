@@ -90,13 +90,15 @@ class MicrophoneSource:
         try:
             self.stream = sd.InputStream(samplerate=rate, channels=channels, dtype="float32",
                                          device=index, latency="high")
-            self.stream.start()
         except sd.PortAudioError as e:
             raise AudioInputError(f"can't open the microphone {info['name']!r} ({e}); check the "
                                   f"sound settings and the app's microphone permission, {MIC_HINT}")
-        self.name = info["name"]
+        self.name, self.started = info["name"], False
 
     def read(self) -> Optional[np.ndarray]:
+        if not self.started:  # from the first read: nothing stale from the model's loading
+            self.stream.start()
+            self.started = True
         data, _overflowed = self.stream.read(self.frames)
         return self.rechunk(np.asarray(data))
 

@@ -1,14 +1,17 @@
 """`omni-edge chat --listen`: the flags (`add_listen_options`) and the session (`run_listen`)."""
 
 import argparse
+import dataclasses
 import queue
 import sys
 import threading
 import time
 from typing import Callable, Optional
 
+import numpy as np
+
 from ..playback import SAMPLE_RATE
-from .audio_io import FileSource, MicrophoneSource, describe_devices, import_sounddevice, open_player
+from .audio_io import INPUT_RATE, FileSource, MicrophoneSource, describe_devices, import_sounddevice, open_player
 from .echo import EchoCanceller, aec_available
 from .listener import EventLog, Listener, read_lines
 from .turns import (HANGOVER_S, MAX_UTTERANCE_S, MIN_SPEECH_S, PRE_ROLL_S, THRESHOLD, Endpointer,
@@ -107,21 +110,41 @@ def open_audio(mic_file: Optional[str] = None, input_device: Optional[str] = Non
     return source, player, echo, mode
 
 
+def warm_up(session):
+    """One throwaway spoken turn (1 s of quiet audio, a few tokens, one audio window) on a copy
+    of `session`'s options, so the first real turn does not pay for compiling kernels."""
+    from ..chat import ChatSession
+
+    options = dict(session.options, max_tokens=3)
+    if options.get("talker") is not None:
+        options["talker"] = dataclasses.replace(options["talker"], max_codec_tokens=30,
+                                                min_codec_tokens=0)
+    quiet = 0.01 * np.random.default_rng(0).standard_normal(INPUT_RATE).astype(np.float32)
+    for _ in ChatSession(session.model, **options).send(
+            [{"type": "audio", "audio": quiet, "sampling_rate": INPUT_RATE}]):
+        pass
+
+
 def listen(session, *, mic_file: Optional[str] = None, input_device: Optional[str] = None,
            output_device: Optional[str] = None, play: bool = True, aec: bool = True,
            barge_in: bool = False, options: TurnOptions = TurnOptions(), log: Optional[str] = None,
            jitter_ms: float = 150, out=None, typed=None, ptt: bool = False,
-           parse_line: Optional[Callable] = None, opened=None, **devices) -> Listener:
+           parse_line: Optional[Callable] = None, opened=None, warm: bool = True,
+           **devices) -> Listener:
     """Talk with `session` (a ChatSession with speak=True) until Ctrl-C, `/quit` or, with
     `mic_file`, the file's end once the last reply ended. Returns the Listener (its `.speech`,
     the replies as heard; `log.events`). `typed`: a text stream of typed lines
-    (`parse_line` reads them); `opened`: what `open_audio` returned, when already opened."""
+    (`parse_line` reads them); `opened`: what `open_audio` returned, when already opened;
+    `warm`: run a throwaway turn first (`warm_up`)."""
     vad = SileroVAD()
     source, player, echo, mode = opened or open_audio(
         mic_file, input_device, output_device, play, aec, barge_in, jitter_ms, **devices)
     out = out or sys.stdout
     events = EventLog(log)
     try:
+        if warm:
+            print("(warming up)", file=out, flush=True)
+            warm_up(session)
         lines = None
         if typed is not None:
             lines = queue.Queue()
