@@ -319,3 +319,19 @@ def test_list_devices_needs_no_model(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert exit_.value.code == 0
     assert "0: Fake Mic (1 in, 16000 Hz)" in out and "1: Fake Speakers (2 out, 24000 Hz)" in out
+
+
+def test_a_turn_stopped_before_its_first_token_leaves_the_earlier_reply_whole(voices):
+    def silent_then_endless(content):
+        while True:  # generates nothing the conversation keeps (no message is added)
+            time.sleep(0.002)
+            yield text("")
+    mic, _ = scene(0.5, voices["question"], 1.0, voices["follow"], 1.0)
+    session = ScriptedSession(silent_then_endless)
+    earlier = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "Hello there!"}]}]
+    session.messages = list(earlier)
+    session.reply = lambda content: (silent_then_endless(content) if len(session.sent) == 1
+                                     else iter([done()]))
+    _, names, _ = listen(Room(mic), session, play=False)
+    assert names.count("barge_in") == 1 and session.messages == earlier

@@ -46,6 +46,7 @@ class Reply(threading.Thread):
         super().__init__(daemon=True, name="omni-edge-reply")
         self.session, self.content, self.player, self.out = session, content, player, out
         self.epoch = player.epoch
+        self.turns_before = len(getattr(session, "messages", []))
         self.stop_asked = threading.Event()
         self.audio: List[np.ndarray] = []
         self.codes: Optional[int] = None  # the whole reply's codec count, once it ended
@@ -213,7 +214,10 @@ class Listener:
         reply, heard = pending
         reply.join()
         self.pending_cut = None
-        keep_heard(self.session, heard, reply.codes)
+        if len(getattr(self.session, "messages", [])) > reply.turns_before:
+            # the turn is in the conversation (a turn stopped before its first token is not,
+            # and the reply before it must stay whole)
+            keep_heard(self.session, heard, reply.codes)
         self._keep(reply, heard)
 
     def _keep(self, reply: Reply, heard: Optional[int]):
