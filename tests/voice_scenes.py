@@ -94,7 +94,7 @@ class Room:
         if device is None:
             found = [d for d in self.devices if d[f"max_{kind}_channels"]]
             if not found:
-                raise self.PortAudioError(f"Error querying device -1")
+                raise self.PortAudioError("Error querying device -1")
             return found[0]
         return self.devices[device]
 

@@ -74,7 +74,7 @@ class MicrophoneSource:
     """The microphone through sounddevice's blocking input stream at the device's own rate and
     channels. `read()` waits for the next ~32 ms and returns it as 16 kHz mono."""
 
-    ended, live = False, True
+    ended = False
 
     def __init__(self, device: Optional[str] = None, sd=None, read_s: float = 0.032):
         sd = sd or import_sounddevice()
@@ -129,8 +129,6 @@ def read_mic_file(path: str) -> np.ndarray:
 class FileSource:
     """`--mic-file`: a recording streamed in real time (by `clock`), ~32 ms per `read()`; after
     its end, silence, so the session's clock keeps running while the last reply plays."""
-
-    live = False
 
     def __init__(self, path: str, clock=time, read_s: float = 0.032):
         self.audio = read_mic_file(path)

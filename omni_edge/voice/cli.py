@@ -110,6 +110,13 @@ def open_audio(mic_file: Optional[str] = None, input_device: Optional[str] = Non
     return source, player, echo, mode
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def warm_up(session):
     """One throwaway spoken turn (1 s of quiet audio, a few tokens, one audio window) on a copy
     of `session`'s options, so the first real turn does not pay for compiling kernels."""
@@ -155,7 +162,8 @@ def listen(session, *, mic_file: Optional[str] = None, input_device: Optional[st
             file=out, flush=True)
         print(f"(input: {source.name}; echo: {mode})", file=out, flush=True)
         listener = Listener(session, source, player, Endpointer(vad, options), events, out,
-                            echo=echo, barge_in=barge, typed=lines, ptt=ptt, parse_line=parse_line)
+                            echo=echo, barge_in=barge, typed=lines, ptt=ptt, parse_line=parse_line,
+                            eof_quits=_is_terminal(typed))
         try:
             listener.run()
         except KeyboardInterrupt:  # Ctrl-C leaves; the reply stops, the speech is kept

@@ -85,14 +85,16 @@ class Listener:
     `source.read()` gives 16 kHz mono audio; `echo` (an EchoCanceller or None) cleans it;
     `barge_in` lets user speech interrupt a reply (off in half-duplex mode, where the microphone
     is ignored while the reply plays); `typed` is a queue of typed lines (None ends the input);
-    with `ptt`, an empty line starts and ends a recording instead of the VAD."""
+    with `ptt`, an empty line starts and ends a recording instead of the VAD; `eof_quits`: the
+    end of the typed input ends the session."""
 
     def __init__(self, session, source, player, endpointer: Endpointer, log: EventLog,
                  out: TextIO, echo=None, barge_in: bool = True, typed: Optional[queue.Queue] = None,
-                 ptt: bool = False, parse_line: Optional[Callable] = None):
+                 ptt: bool = False, parse_line: Optional[Callable] = None,
+                 eof_quits: bool = False):
         self.session, self.source, self.player, self.ep = session, source, player, endpointer
         self.log, self.out, self.echo, self.barge_in = log, out, echo, barge_in
-        self.typed, self.ptt, self.parse_line = typed, ptt, parse_line
+        self.typed, self.ptt, self.parse_line, self.eof_quits = typed, ptt, parse_line, eof_quits
         self.samples = 0  # input clock, in 16 kHz samples
         self.buffer = np.zeros(0, np.float32)
         self.reply: Optional[Reply] = None
@@ -235,10 +237,9 @@ class Listener:
                 line = self.typed.get_nowait()
             except queue.Empty:
                 return
-            if line is None:  # stdin closed: with a microphone that ends the session
+            if line is None:  # the typed input ended (Ctrl-D at a terminal: leave)
                 self.typed = None
-                if getattr(self.source, "live", True):
-                    self.quit = True
+                self.quit = self.quit or self.eof_quits
                 return
             self._line(line)
 
