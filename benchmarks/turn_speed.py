@@ -34,11 +34,12 @@ from mlx_lm.tokenizer_utils import load as load_tokenizer
 
 from omni_edge import stream
 from omni_edge.config import OmniConfig
-from omni_edge.demo.tokenizer import OMNI_CHAT_TEMPLATE, write_standin_tokenizer
+from omni_edge.demo.tokenizer import write_standin_tokenizer
 from omni_edge.loading import Voices
 from omni_edge.models.omni import OmniModel
+from omni_edge.processing.chat_template import OMNI_CHAT_TEMPLATE
 from omni_edge.processing.prompt import Processor
-from omni_edge.speech import with_speech_system_prompt
+from omni_edge.speech.voice import with_speech_system_prompt
 
 MROPE = {"type": "default", "mrope_section": [16, 24, 24]}
 TINY_MROPE = {"type": "default", "mrope_section": [2, 3, 3]}
@@ -148,7 +149,9 @@ def turn(model, clip, text_tokens: int, codes: int, variant: dict, noise) -> dic
         if event.type == "done":
             s = event.stats
             return {"total_s": time.perf_counter() - start, "ttft_s": s.time_to_first_token,
-                    "ttfa_s": s.time_to_first_audio, "rtf": s.real_time_factor,
+                    "ttfa_s": s.time_to_first_audio, "first_chunk_s": s.first_audio_seconds,
+                    "glitch_free_start_s": s.glitch_free_start_s, "stalls": s.stalls,
+                    "stall_s": s.stall_s, "rtf": s.real_time_factor,
                     "thinker_tok_s": s.generation_tps, "talker_tok_s": s.talker_tps,
                     "text_tokens": s.generation_tokens, "codec_tokens": s.codec_tokens,
                     "audio_s": s.audio_seconds, "peak_memory_gb": s.peak_memory_gb,
@@ -255,13 +258,15 @@ def summarize(paths):
     rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
     device = {json.loads(Path(p).read_text())["device"] for p in paths}
     print(f"device: {', '.join(sorted(device))}")
-    print(f"{'size':4} {'impl':22} {'variant':10} {'total s':>8} {'TTFA s':>7} {'RTF':>6} "
-          f"{'thinker':>8} {'talker':>7} {'drift':>6} {'vs tf':>6}")
+    print(f"{'size':4} {'impl':22} {'variant':10} {'total s':>8} {'1st chunk':>12} {'glitch-free':>11} "
+          f"{'stalls':>11} {'RTF':>6} {'thinker':>8} {'talker':>7} {'drift':>6} {'vs tf':>6}")
     for r in rows:
         ref = next((x for x in rows if x["size"] == r["size"] and x["impl"].startswith("transformers")), None)
         ratio = f"{ref['total_s'] / r['total_s']:.1f}x" if ref else "-"
-        print(f"{r['size']:4} {r['impl']:22} {r['variant']:10} {r['total_s']:8.2f} {r['ttfa_s']:7.2f} "
-              f"{r['rtf']:6.2f} {r.get('thinker_tok_s', 0):8.1f} {r.get('talker_tok_s', 0):7.1f} "
+        first = f"{r['ttfa_s']:.2f}s/{r.get('first_chunk_s', 0) * 1000:.0f}ms"
+        stalls = f"{r.get('stalls', 0)} ({r.get('stall_s', 0):.2f}s)" if "stalls" in r else "-"
+        print(f"{r['size']:4} {r['impl']:22} {r['variant']:10} {r['total_s']:8.2f} {first:>12} "
+              f"{r.get('glitch_free_start_s', r['ttfa_s']):11.2f} {stalls:>11} {r['rtf']:6.2f} {r.get('thinker_tok_s', 0):8.1f} {r.get('talker_tok_s', 0):7.1f} "
               f"{r.get('audio_drift', float('nan')):6.3f} {ratio:>6}")
 
 

@@ -9,7 +9,7 @@ import soundfile as sf
 
 import omni_edge
 
-SAMPLE_RATE = 24000  # every AudioChunk is 24 kHz mono float32
+SPEECH_SAMPLE_RATE = 24000  # every AudioChunk is 24 kHz mono float32
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
     if args.play:  # open the sound card first: if it can't play, say so before the slow part
         from omni_edge.playback import Player, PlaybackError
         try:
-            player = Player(sample_rate=SAMPLE_RATE)
+            player = Player(sample_rate=SPEECH_SAMPLE_RATE)
         except PlaybackError as e:
             sys.exit(f"Can't play: {e}")
     print(f"Loading {args.model}")
@@ -36,7 +36,7 @@ def main():
     print(f"Streaming the answer to {args.prompt!r} into {args.out}")
     options = dict(speak=True, voice=args.voice, seed=args.seed, max_tokens=args.max_tokens,
                    max_codec_tokens=args.max_codec_tokens)
-    with sf.SoundFile(args.out, "w", SAMPLE_RATE, 1, subtype="FLOAT") as wav, player:
+    with sf.SoundFile(args.out, "w", SPEECH_SAMPLE_RATE, 1, subtype="FLOAT") as wav, player:
         for event in omni_edge.stream(model, args.prompt, **options):
             if event.type == "text":
                 print(event.text, end="", flush=True)

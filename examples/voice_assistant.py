@@ -4,7 +4,6 @@ Needs `pip install "omni-edge[voice]"`. --mic-file FILE listens to a recording i
 import argparse
 
 import omni_edge
-from omni_edge.speech import TalkerOptions
 from omni_edge.voice import listen
 
 parser = argparse.ArgumentParser(description=__doc__)
@@ -17,7 +16,7 @@ args = parser.parse_args()
 
 model = omni_edge.load(args.model)
 chat = omni_edge.ChatSession(model, speak=True, voice="Chelsie", max_tokens=args.max_tokens,
-                             talker=TalkerOptions(max_codec_tokens=args.max_codec_tokens))
+                             max_codec_tokens=args.max_codec_tokens)
 listen(chat, mic_file=args.mic_file, play=not args.no_play, log="voice-log.jsonl")
 for message in chat.messages[1:]:  # the transcript (the system prompt left out)
     said = "".join(p.get("text", f"<{p['type']}>") for p in message["content"])

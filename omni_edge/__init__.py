@@ -19,6 +19,8 @@ if not (Path(__file__).parent / "convert").is_dir() and (_CHECKOUT_CONVERT / "ml
 from .chat import ChatSession  # noqa: E402
 from .generate import GenerationResult, generate, stream  # noqa: E402
 from .loading import load  # noqa: E402
+from .options import GenerationOptions, SpeechOptions  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "stream", "ChatSession", "GenerationResult", "__version__"]
+__all__ = ["load", "generate", "stream", "ChatSession", "GenerationResult", "GenerationOptions",
+           "SpeechOptions", "__version__"]

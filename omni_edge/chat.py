@@ -1,28 +1,46 @@
-"""Multi-turn chat: the conversation and the Thinker's KV cache carry over between turns, so a
-turn feeds only its own new tokens instead of re-encoding the history."""
+"""Multi-turn chat: the conversation, its processed media and the Thinker's and Talker's KV
+caches carry over between turns, so a turn feeds only its own new tokens and never reopens an
+earlier turn's files."""
 
+import warnings
 from typing import Iterator, List, Optional
 
 import mlx.core as mx
 
-from .generate import Event, Turn, build_prompt, end_of_turn_ids
+from .events import Event
+from .options import SpeechOptions, split_options
+from .processing.prompt import MediaCache
+from .processing.thinker_input import build_prompt, end_of_turn_ids
+from .speech.talker import TalkerState
+from .turn import Turn
+
+SAMPLES_PER_CODE = 480  # 24 kHz audio, 50 codes per second
+# A conversation that outgrows the context drops its oldest turns until it fills at most this
+# share of it, so the next turns fit again without re-feeding the history every turn.
+REFILL_SHARE = 0.5
 
 
 class ChatSession:
     """A conversation with `model`. `send(content)` streams the reply's events (as `stream`)
     and remembers the turn; `reset()` starts over. Options are `stream`'s (`speak`, `voice`,
-    `max_tokens`, `temperature`, `talker`, ...) and hold for every turn.
+    `max_tokens`, `temperature`, `talker_temperature`, ..., or `speech=SpeechOptions(...)`) and
+    hold for every turn.
 
     The cache holds the ids of every earlier turn as they were fed (the reply as generated,
     not re-tokenized). Each turn renders the whole conversation with the chat template and
     feeds what follows the longest prefix the cache already holds; the rest of the cache is
-    trimmed. With speech, the Thinker rows the Talker reads (input embedding and final hidden
-    of every fed token) are kept alongside, because the Talker's prompt is the whole
-    conversation too."""
+    trimmed. Media are processed once (`MediaCache`). With speech, the Thinker rows the Talker
+    reads (input embedding and final hidden of every fed token) are kept, and so is the
+    Talker's cache: its prompt rows for the earlier turns are fed once.
 
-    def __init__(self, model, system: Optional[str] = None, **options):
-        self.model, self.system, self.options = model, system, options
-        Turn(model, **options)  # check the options (voice, max_tokens) before the first turn
+    When the conversation no longer fits `max_context` (with room for a reply), the oldest
+    turns are dropped (the system prompt stays) and `dropped_turns` counts them."""
+
+    def __init__(self, model, system: Optional[str] = None, *,
+                 speech: Optional[SpeechOptions] = None, **options):
+        self.model, self.system = model, system
+        self.options, self.speech = split_options(options, speech)
+        Turn(model, self.options, self.speech)  # check the voice before the first turn
         self.reset()
 
     def reset(self):
@@ -32,31 +50,73 @@ class ChatSession:
         self.cache = self.model.thinker.make_cache()
         self.ids: List[int] = []  # what the cache holds
         self.rows = None  # (embeds, hidden) [len(ids), H] each, when speaking
+        self.talker = TalkerState(self.model.talker.make_cache()) if self.speak else None
+        self.media = MediaCache()
+        self.dropped_turns = 0
+        self._reply_start = None  # where the last reply begins in `ids`
 
     @property
     def speak(self) -> bool:
-        return bool(self.options.get("speak"))
+        return self.options.speak
 
     def send(self, content) -> Iterator[Event]:
         """Stream the reply to a user message (a string or a list of parts). Closing the
         generator early keeps what was said so far; the session serves the next turn."""
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
-        turn = Turn(self.model, **self.options)
-        messages = turn.messages(self.messages + [{"role": "user", "content": content}])
-        inputs = self.model.processor.prepare(messages)
-        if len(inputs.input_ids) >= turn.context:
-            raise ValueError(f"the conversation ({len(inputs.input_ids)} tokens) no longer fits "
-                             f"the context of {turn.context}; reset it (/reset in the CLI)")
+        content = [dict(part) for part in content]  # ours: the media cache keys on these dicts
+        turn = Turn(self.model, self.options, self.speech)
+        messages, inputs = self._fit(turn, self.messages + [{"role": "user", "content": content}])
         keep = self._reusable(inputs.input_ids)
         self._trim(keep)
         prompt = build_prompt(self.model, inputs, keep)
         capture = ([self.rows] if self.rows else []) if self.speak else None
         fed: List[int] = []
         try:
-            yield from turn.run(prompt, self.cache, capture, fed)
+            yield from turn.run(prompt, self.cache, capture, fed, self.talker)
         finally:
             self._remember(messages, prompt.ids, fed, capture)
+
+    def keep_heard(self, samples: int):
+        """After a spoken reply was cut off (barge-in), keep of it only what the first
+        `samples` samples (24 kHz) of its speech said: codes played → reply tokens spoken
+        (the Talker's code j reads reply token j + 1). The caches are trimmed to match."""
+        if self._reply_start is None or not self.messages or self.messages[-1]["role"] != "assistant":
+            raise ValueError("keep_heard() needs a finished or stopped reply to cut")
+        if samples < 0:
+            raise ValueError(f"samples must be >= 0, got {samples}")
+        reply = self.ids[self._reply_start:]
+        spoken = reply[:samples // SAMPLES_PER_CODE]
+        self._trim(self._reply_start + len(spoken))
+        text = self.model.processor.tokenizer.decode(spoken)
+        self.messages[-1] = {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+    def _fit(self, turn: Turn, messages: List[dict]):
+        """The conversation's processed inputs, its oldest turns dropped while it does not
+        leave room for a reply in the context."""
+        messages = turn.messages(messages)
+        inputs = self.model.processor.prepare(messages, media=self.media)
+        budget = turn.context - min(self.options.max_tokens, turn.context // 4)
+        if len(inputs.input_ids) < budget:
+            return messages, inputs
+        head = 1 if messages[0]["role"] == "system" else 0
+        first_drop = self.dropped_turns == 0
+        while len(inputs.input_ids) > REFILL_SHARE * budget:
+            users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+            if len(users) < 2:
+                raise ValueError(
+                    f"this message alone ({len(inputs.input_ids)} tokens with the system prompt) "
+                    f"does not fit the context of {turn.context} with room for max_tokens="
+                    f"{self.options.max_tokens}; send less (shorter audio, fewer or smaller "
+                    "images) or raise max_context")
+            messages = messages[:head] + messages[users[1]:]
+            self.dropped_turns += 1
+            inputs = self.model.processor.prepare(messages, media=self.media)
+        self.media.retain(messages)
+        if first_drop:  # said once per session
+            warnings.warn(f"the conversation outgrew the context ({turn.context} tokens): its "
+                          "oldest turns are dropped from now on (the system prompt stays)")
+        return messages, inputs
 
     def _reusable(self, ids: List[int]) -> int:
         """How many leading `ids` the cache already holds, backed off so a medium (whose
@@ -86,10 +146,13 @@ class ChatSession:
             self.ids = self.ids[:keep]
             if self.rows is not None:
                 self.rows = (self.rows[0][:keep], self.rows[1][:keep])
+        if self.talker is not None:
+            self.talker.trim(min(self.talker.reusable(self.ids), self.talker.cache[0].offset))
 
     def _remember(self, messages: List[dict], prompt_ids: List[int], fed: List[int], capture):
         offset = self.cache[0].offset
         self.ids = (prompt_ids + fed)[:offset]
+        self._reply_start = len(prompt_ids)
         if offset != len(self.ids):  # never expected: start over rather than drift
             self.reset()
             return
@@ -106,3 +169,5 @@ class ChatSession:
                 {"role": "assistant", "content": [{"type": "text", "text": text}]}]
         else:  # nothing was generated (interrupted at once): drop the user message too
             self.messages = messages[:-1]
+            self._reply_start = None
+        mx.clear_cache()

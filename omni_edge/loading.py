@@ -18,6 +18,7 @@ from .convert.mlx import convert, is_converted, quant_params
 from .convert.speakers import load_converted_speakers
 from .models.omni import IMPLEMENTED_PREFIXES, OmniModel
 from .processing.prompt import Processor, read_chat_template
+from .speech.voice import UnknownVoiceError
 
 CACHE_ENV = "OMNI_EDGE_CACHE"
 DEFAULT_CACHE = "~/.cache/omni-edge"
@@ -31,7 +32,7 @@ class Voices(Mapping):
 
     def __getitem__(self, name):
         if name not in self._speakers:
-            raise KeyError(f"unknown voice {name!r}; this model has {sorted(self._speakers)}")
+            raise UnknownVoiceError(name, sorted(self._speakers))
         return self._speakers[name]
 
     def __iter__(self):

@@ -574,7 +574,7 @@ def reference_processor(path):
     from transformers import Qwen2_5OmniProcessor, Qwen2VLImageProcessor, WhisperFeatureExtractor
     from transformers.processing_utils import ProcessorMixin
 
-    from omni_edge.demo.tokenizer import OMNI_CHAT_TEMPLATE
+    from omni_edge.processing.chat_template import OMNI_CHAT_TEMPLATE
 
     class NoVideoProcessor(Qwen2_5OmniProcessor):
         attributes = ["image_processor", "feature_extractor", "tokenizer"]

@@ -16,7 +16,8 @@ from fixtures import load_reference_thinker, reference_processor  # noqa: E402
 from omni_edge import load  # noqa: E402
 from omni_edge.cli import main as cli_main  # noqa: E402
 from omni_edge.convert.mlx import convert  # noqa: E402
-from omni_edge.generate import generate_step, prepare_prompt  # noqa: E402
+from omni_edge.decode import generate_step
+from omni_edge.processing.thinker_input import prepare_prompt  # noqa: E402
 from omni_edge.processing.rope_index import rope_index  # noqa: E402
 
 SR = 16000

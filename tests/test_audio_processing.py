@@ -16,7 +16,7 @@ import soundfile as sf
 import soxr
 
 from omni_edge.processing.audio import (
-    MIN_SAMPLES, N_SAMPLES, SAMPLE_RATE, AudioError, feature_length_to_tokens, load_audio, log_mel,
+    MIN_SAMPLES, N_SAMPLES, INPUT_SAMPLE_RATE, AudioError, feature_length_to_tokens, load_audio, log_mel,
     mel_filters, prepare_audio)
 
 TOLERANCE = 1e-4
@@ -59,7 +59,7 @@ def assert_parity(extractor, audio, ours=None):
     return ref
 
 
-def chirp(seconds, rate=SAMPLE_RATE, amplitude=0.3, seed=0):
+def chirp(seconds, rate=INPUT_SAMPLE_RATE, amplitude=0.3, seed=0):
     t = np.arange(int(round(seconds * rate))) / rate
     sweep = np.sin(2 * np.pi * (100 + 3500 * t / max(seconds, 1e-3)) * t)
     noise = np.random.default_rng(seed).standard_normal(len(t))
@@ -74,8 +74,8 @@ def test_mel_filters_match_reference(extractor):
 def test_log_mel_parity(extractor, seconds, amplitude):
     audio = chirp(seconds, amplitude=amplitude, seed=int(seconds * 10))
     if seconds == 7.3:
-        audio[-SAMPLE_RATE:] *= 1e-4  # a near-silent tail, so the max - 8 clamp bites
-        audio[SAMPLE_RATE: SAMPLE_RATE + 40] = 1.0  # loud transient sets the max
+        audio[-INPUT_SAMPLE_RATE:] *= 1e-4  # a near-silent tail, so the max - 8 clamp bites
+        audio[INPUT_SAMPLE_RATE: INPUT_SAMPLE_RATE + 40] = 1.0  # loud transient sets the max
     ref = assert_parity(extractor, audio)
     if seconds == 7.3:
         assert np.isclose(ref, ref.max() - 2.0).any()  # clamped values: (max - 8 + 4) / 4
@@ -141,7 +141,7 @@ def test_espeak_speech(extractor, tmp_path):
     subprocess.run(["espeak-ng", "-w", str(path), "The quick brown fox jumps over the lazy dog."],
                    check=True, capture_output=True)
     audio = load_audio(path)
-    assert sf.info(path).samplerate != SAMPLE_RATE  # it really went through the resampler
+    assert sf.info(path).samplerate != INPUT_SAMPLE_RATE  # it really went through the resampler
     features = assert_parity(extractor, reference_load(path), log_mel(audio))
     assert features.shape[1] > 100
 
@@ -185,7 +185,7 @@ def test_silence_is_valid():
 
 def test_long_clip_warns_and_truncates():
     with pytest.warns(UserWarning, match=r"<array shape \(4816000,\).*301\.0 s.*truncated"):
-        audio = load_audio(np.zeros(301 * SAMPLE_RATE, np.float32))
+        audio = load_audio(np.zeros(301 * INPUT_SAMPLE_RATE, np.float32))
     assert audio.shape == (N_SAMPLES,)
 
 

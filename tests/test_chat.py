@@ -15,10 +15,9 @@ import pytest
 import soundfile as sf
 
 from omni_edge.chat import ChatSession
-from omni_edge.chat_cli import parse_line
-from omni_edge.generate import generate_step
+from omni_edge.cli.chat import parse_line
+from omni_edge.decode import generate_step
 from omni_edge.loading import load
-from omni_edge.speech import TalkerOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_PER_CODE = 480
@@ -90,7 +89,7 @@ def test_interrupted_turn_leaves_the_session_usable(model):
 
 
 def test_spoken_turns_keep_the_talker_rows_for_the_whole_conversation(model):
-    session = ChatSession(model, max_tokens=4, speak=True, talker=TalkerOptions(max_codec_tokens=30))
+    session = ChatSession(model, max_tokens=4, speak=True, max_codec_tokens=30)
     for text in ("Hello.", "Say it again."):
         events = list(session.send(text))
         done = events[-1]
@@ -136,7 +135,7 @@ def chat_args(model_dir, save=None, **kw):
 
 
 def test_chat_plays_and_saves_every_sample(model_dir, tmp_path):
-    from omni_edge.chat_cli import chat
+    from omni_edge.cli.chat import chat
 
     RecordingPlayer.made.clear()
     out = io.StringIO()
@@ -190,3 +189,101 @@ def test_cache_trim_matches_mlx_lm(model):
     k = session.cache[0].state[0]
     assert k.shape[2] >= n - 2
     mx.eval(k)
+
+
+def write_tone(path, seconds=1.0, hz=300.0):
+    t = np.arange(int(16000 * seconds)) / 16000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), 16000)
+    return str(path)
+
+
+def test_media_are_processed_once_and_a_vanished_file_is_no_error(model, tmp_path, monkeypatch):
+    import omni_edge.processing.audio as audio_mod
+
+    clip = write_tone(tmp_path / "q.wav")
+    calls = []
+    real = audio_mod.prepare_audio
+    monkeypatch.setattr(audio_mod, "prepare_audio", lambda *a, **k: calls.append(a) or real(*a, **k))
+    session = ChatSession(model, max_tokens=3)
+    list(session.send([{"type": "audio", "audio": clip}, {"type": "text", "text": "What is it?"}]))
+    assert len(calls) == 1
+    os.remove(clip)  # the file is gone; the conversation still holds what it said
+    second = reply_ids(session.send("And then?"))
+    third = reply_ids(session.send("Once more."))
+    assert len(calls) == 1 and second and third
+    # the turns equal a fresh cache over the whole conversation (the clip's features included)
+    prompt_ids = model.processor.prepare(session.messages[:-1], media=session.media).input_ids
+    assert session.ids[:len(prompt_ids)] == prompt_ids
+
+
+def test_talker_cache_is_reused_across_spoken_turns(model, monkeypatch):
+    """A spoken second turn feeds the Talker only the rows after the first turn's prompt and
+    gives the codes a Talker re-fed the whole conversation gives (greedy)."""
+    from omni_edge.models.talker import Talker
+    from omni_edge.speech.talker import TalkerState
+
+    options = dict(max_tokens=4, speak=True, talker_temperature=0.0, max_codec_tokens=20, seed=0)
+    fed_rows = []
+    real_call = Talker.__call__
+
+    def spy(self, x, *args, **kwargs):
+        fed_rows.append(x.shape[1])
+        return real_call(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Talker, "__call__", spy)
+    reused, fresh = ChatSession(model, **options), ChatSession(model, **options)
+    first = [list(s.send("Hello.")) for s in (reused, fresh)]
+    assert first[0][-1].codec_ids == first[1][-1].codec_ids
+    held = len(reused.talker.prompt_ids)
+    fresh.talker = TalkerState(model.talker.make_cache())  # forget: re-feed everything
+    fed_rows.clear()
+    again = list(reused.send("Say it again."))
+    reused_prefill = fed_rows[0]
+    fed_rows.clear()
+    redo = list(fresh.send("Say it again."))
+    whole_prefill = fed_rows[0]
+    assert again[-1].codec_ids == redo[-1].codec_ids and again[-1].codec_ids
+    assert reused_prefill == whole_prefill - held and held > 0
+
+
+def test_keep_heard_cuts_the_reply_to_what_was_spoken(model):
+    session = ChatSession(model, max_tokens=10, speak=True, max_codec_tokens=40, seed=0)
+    events = list(session.send("Tell me about rivers."))
+    reply = events[-1].token_ids
+    start = session._reply_start
+    session.keep_heard(3 * SAMPLES_PER_CODE + 100)  # three codes were played
+    assert session.ids == session.ids[:start] + reply[:3] and len(session.ids) == start + 3
+    assert session.cache[0].offset == len(session.ids) == session.rows[0].shape[0]
+    text = session.messages[-1]["content"][0]["text"]
+    assert text == model.processor.tokenizer.decode(reply[:3])
+    assert reply_ids(session.send("Go on."))  # the next turn works from there
+    with pytest.raises(ValueError, match="samples"):
+        session.keep_heard(-1)
+
+
+def test_long_chat_drops_oldest_turns_and_stays_bounded(model):
+    import warnings
+
+    session = ChatSession(model, max_tokens=4, max_context=160, system="Be brief.")
+    offsets = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(30):
+            reply_ids(session.send(f"Turn number {i}: say something."))
+            offsets.append(session.cache[0].offset)
+    assert session.dropped_turns > 0 and max(offsets) < 160
+    assert session.messages[0]["content"][0]["text"] == "Be brief."
+    assert sum("outgrew" in str(w.message) for w in caught) == 1  # said once
+    with pytest.raises(ValueError, match="does not fit"):
+        list(session.send("x " * 400))
+
+
+def test_unknown_options_name_the_valid_ones(model):
+    from omni_edge import stream
+
+    with pytest.raises(ValueError, match="talker_temprature.*talker_temperature"):
+        ChatSession(model, talker_temprature=0.5)
+    with pytest.raises(ValueError, match="max_token\\b.*max_tokens"):
+        list(stream(model, "hi", max_token=3))
+    # talker sampling is a ChatSession option now (it used to be rejected)
+    assert ChatSession(model, speak=True, talker_temperature=0.0).speech.talker_temperature == 0.0

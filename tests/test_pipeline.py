@@ -9,12 +9,15 @@ pytest.importorskip("torch")
 
 from omni_edge import generate, load, stream  # noqa: E402
 from omni_edge.convert.mlx import convert  # noqa: E402
-from omni_edge.generate import generate_step, prepare_prompt  # noqa: E402
-from omni_edge.pipeline import Lockstep  # noqa: E402
+from omni_edge.decode import generate_step
+from omni_edge.processing.thinker_input import prepare_prompt  # noqa: E402
+from omni_edge.speech.talker import Lockstep  # noqa: E402
 from omni_edge.processing.prompt import normalize_messages  # noqa: E402
-from omni_edge.speech import TalkerOptions, ThinkerTrace, talker_codes, with_speech_system_prompt  # noqa: E402
+from omni_edge.options import SpeechOptions  # noqa: E402
+from omni_edge.speech.talker import ThinkerTrace, talker_codes  # noqa: E402
+from omni_edge.speech.voice import with_speech_system_prompt  # noqa: E402
 
-GREEDY = TalkerOptions(temperature=0.0, max_codec_tokens=120)
+GREEDY = SpeechOptions(talker_temperature=0.0, max_codec_tokens=120)
 
 
 @pytest.fixture(scope="module")

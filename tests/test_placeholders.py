@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from fixtures import load_reference_thinker, reference_processor, reference_tokenizer  # noqa: E402
 
 from omni_edge.config import OmniConfig  # noqa: E402
-from omni_edge.demo.tokenizer import OMNI_CHAT_TEMPLATE  # noqa: E402
+from omni_edge.processing.chat_template import OMNI_CHAT_TEMPLATE  # noqa: E402
 from omni_edge.processing.placeholders import (  # noqa: E402
     audio_in_video_tokens,
     expand_placeholders,

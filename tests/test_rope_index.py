@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from fixtures import load_reference_model, reference_tokenizer  # noqa: E402
 
 from omni_edge.config import OmniConfig  # noqa: E402
-from omni_edge.demo.tokenizer import OMNI_CHAT_TEMPLATE  # noqa: E402
+from omni_edge.processing.chat_template import OMNI_CHAT_TEMPLATE  # noqa: E402
 from omni_edge.processing.placeholders import expand_placeholders  # noqa: E402
 from omni_edge.processing.rope_index import PromptLayoutError, rope_index, time_chunks  # noqa: E402
 

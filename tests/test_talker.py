@@ -20,17 +20,19 @@ from fixtures import load_reference_model, reference_processor  # noqa: E402
 
 from omni_edge import generate, load  # noqa: E402
 from omni_edge.convert.mlx import convert  # noqa: E402
-from omni_edge.generate import generate_step, prepare_prompt  # noqa: E402
+from omni_edge.decode import generate_step
+from omni_edge.processing.thinker_input import prepare_prompt  # noqa: E402
 from omni_edge.processing.prompt import SPEECH_SYSTEM_PROMPT, normalize_messages  # noqa: E402
-from omni_edge.speech import (SpeechError, TalkerOptions, ThinkerTrace, make_talker_sampler,  # noqa: E402
-                              talker_codes, talker_inputs, talker_positions,
-                              with_speech_system_prompt)
+from omni_edge.options import SpeechOptions  # noqa: E402
+from omni_edge.sampling import make_talker_sampler  # noqa: E402
+from omni_edge.speech.talker import ThinkerTrace, talker_codes, talker_inputs, talker_positions  # noqa: E402
+from omni_edge.speech.voice import SpeechError, with_speech_system_prompt  # noqa: E402
 
 REF457 = os.environ.get("OMNI_EDGE_REF457_PYTHON")
 REF_SCRIPT = Path(__file__).parent / "reference" / "omni_457.py"
 THINKER_TOKENS = 12
 TALKER_TOKENS = 48
-GREEDY = TalkerOptions(temperature=0.0, max_codec_tokens=TALKER_TOKENS)
+GREEDY = SpeechOptions(talker_temperature=0.0, max_codec_tokens=TALKER_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -198,13 +200,12 @@ def test_talker_sampler_keeps_what_transformers_keeps():
     from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
     logits = np.random.default_rng(1).normal(size=(1, 300)).astype(np.float32) * 3
-    opts = TalkerOptions(temperature=0.9, top_k=40, top_p=0.8)
     t = torch.tensor(logits) / 0.9
     t[:, 7] = -float("inf")
     t = TopPLogitsWarper(0.8)(None, TopKLogitsWarper(40)(None, t))
     keep_ref = np.isfinite(t.numpy())
     mx.random.seed(0)
-    seen = {int(make_talker_sampler(opts, suppress=7)(mx.array(logits)).item()) for _ in range(400)}
+    seen = {int(make_talker_sampler(0.9, 40, 0.8, suppress=[7])(mx.array(logits)).item()) for _ in range(400)}
     assert seen <= set(np.flatnonzero(keep_ref[0])) and len(seen) > 1
 
 

@@ -135,7 +135,7 @@ def test_sampling_options(pair):
 def test_repetition_penalty_matches_transformers():
     from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-    from omni_edge.generate import make_repetition_penalty
+    from omni_edge.sampling import make_repetition_penalty
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(1, 50)).astype(np.float32)

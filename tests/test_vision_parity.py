@@ -15,8 +15,9 @@ torch = pytest.importorskip("torch")
 from fixtures import load_reference_thinker, reference_processor  # noqa: E402
 from media import write_clip  # noqa: E402
 from omni_edge.convert.mlx import convert  # noqa: E402
-from omni_edge.demo.tokenizer import OMNI_CHAT_TEMPLATE  # noqa: E402
-from omni_edge.generate import generate_step, prepare_prompt  # noqa: E402
+from omni_edge.processing.chat_template import OMNI_CHAT_TEMPLATE  # noqa: E402
+from omni_edge.decode import generate_step
+from omni_edge.processing.thinker_input import prepare_prompt  # noqa: E402
 from omni_edge.loading import load  # noqa: E402
 
 GREEDY_TOKENS = 8

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from omni_edge.chat_cli import parse_line
+from omni_edge.cli.chat import parse_line
 from omni_edge.voice.audio_io import (AudioInputError, FileSource, MicrophoneSource, SessionPlayer,
                                       VirtualPlayer, find_device, import_sounddevice)
 from omni_edge.voice.echo import EchoCanceller
@@ -125,7 +125,8 @@ def test_barge_in_during_playback_silences_the_speaker_at_once(voices):
     reply = 0.2 * np.sin(np.arange(6 * OUT_RATE) * 2 * np.pi * 220 / OUT_RATE).astype(np.float32)
     mic, spans = scene(0.5, voices["question"], 2.0, voices["follow"], 1.0)
     room = Room(mic)  # headphones: no echo
-    session = ScriptedSession(lambda content: iter([audio(reply[:OUT_RATE]), audio(reply[OUT_RATE:]),
+    session = ScriptedSession(lambda content: iter([text("Sure."), audio(reply[:OUT_RATE]),
+                                                    audio(reply[OUT_RATE:]),
                                                     done(300)]))
     listener, names, events = listen(room, session)
     assert names.count("barge_in") == 1 and names.index("reply_start") < names.index("barge_in")
@@ -138,6 +139,8 @@ def test_barge_in_during_playback_silences_the_speaker_at_once(voices):
     assert played.sum() == pytest.approx(events[names.index("barge_in")]["heard_s"] * OUT_RATE,
                                          abs=1)
     assert not session.closed_early[0]  # the reply had been generated to the end
+    assert session.heard == [pytest.approx(events[names.index("barge_in")]["heard_s"] * OUT_RATE,
+                                           abs=12)]  # the conversation is cut where it was heard
 
 
 def test_half_duplex_ignores_speech_while_the_reply_plays(voices):

@@ -13,8 +13,6 @@ import soundfile as sf
 
 from omni_edge.chat import ChatSession
 from omni_edge.loading import load
-from omni_edge.speech import TalkerOptions
-from omni_edge.voice import keep_heard
 
 from voice_scenes import RATE, say, scene
 
@@ -34,38 +32,39 @@ def model_dir(tmp_path_factory):
 
 
 def test_after_a_barge_in_the_conversation_keeps_what_was_heard(model_dir):
-    model = load(model_dir)
-    session = ChatSession(model, max_tokens=12, speak=True, seed=0,
-                          talker=TalkerOptions(max_codec_tokens=40))
-    events = list(session.send("Tell me a story."))
-    done = events[-1]
-    tok = model.processor.tokenizer
-    ids = tok.encode(done.text, add_special_tokens=False)
-    codes = len(done.codec_ids)
-    assert codes > 4 and len(ids) > 4
-    heard_codes = codes // 4  # a quarter of the speech was played
-    kept = keep_heard(session, heard_codes * SAMPLES_PER_CODE + 100, codes)
-    expect = tok.decode(ids[:round(len(ids) * heard_codes / codes)])
-    assert kept == expect and session.messages[-1]["content"][0]["text"] == expect
-    assert len(kept) < len(done.text)
+    """The real loop on the demo model: the user talks over the first reply; the conversation
+    keeps a prefix of that reply (what its played samples covered) and goes on."""
+    import io
 
-    events = list(session.send("Go on."))  # the next turn starts from the cut reply
-    assert events[-1].type == "done"
+    from omni_edge.cli.chat import parse_line
+    from omni_edge.voice.audio_io import SessionPlayer
+    from omni_edge.voice.listener import EventLog, Listener
+    from omni_edge.voice.turns import Endpointer, SileroVAD
+
+    from test_voice import SceneMic
+    from voice_scenes import Room
+
+    model = load(model_dir)
+    session = ChatSession(model, speak=True, max_tokens=40, seed=0, max_codec_tokens=150,
+                          min_codec_tokens=150)
+    mic, spans = scene(0.5, say("What is the capital of France?"), 4.0,
+                       say("Tell me about Germany."), 1.0)
+    room = Room(mic, speed=1.0)
+    log, out = EventLog(), io.StringIO()
+    player = SessionPlayer(stream_factory=room.output_stream, jitter_ms=100)
+    Listener(session, SceneMic(room), player, Endpointer(SileroVAD()), log, out,
+             parse_line=parse_line).run()
+    player.close(wait=False)
+    names = [e["event"] for e in log.events]
+    assert names.count("turn") == 2 and names.count("barge_in") == 1
     assert [m["role"] for m in session.messages] == ["system", "user", "assistant", "user", "assistant"]
-    assert session.messages[2]["content"][0]["text"] == expect
+    first_reply = out.getvalue().split("\n")[0]
+    kept = session.messages[2]["content"][0]["text"]
+    assert first_reply.startswith(kept) and len(kept) < len(first_reply)
+    heard = [e for e in log.events if e["event"] == "barge_in"][0]["heard_s"]
+    assert len(room.sound()[np.abs(room.sound()) > 0]) >= heard * 24000 - 1
     prompt = model.processor.prepare(session.messages[:-1]).input_ids
-    assert session.ids[:len(prompt)] == prompt  # the cache was trimmed to the cut reply
-    assert session.cache[0].offset == len(session.ids)
-
-
-def test_nothing_heard_keeps_an_empty_reply_and_a_user_turn_alone_is_untouched(model_dir):
-    model = load(model_dir)
-    session = ChatSession(model, max_tokens=6)
-    list(session.send("Hi"))
-    assert keep_heard(session, 0) == "" and session.messages[-1]["content"][0]["text"] == ""
-    session.messages = session.messages[:-1]
-    before = list(session.messages)
-    assert keep_heard(session, 48000) == "" and session.messages == before
+    assert session.ids[:len(prompt)] == prompt and session.cache[0].offset == len(session.ids)
 
 
 def cli(args, cwd, stdin="", timeout=300):

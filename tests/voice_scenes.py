@@ -132,7 +132,8 @@ class Room:
 
 class ScriptedSession:
     """A ChatSession stand-in: each `send` runs `reply(content)` (a generator of events);
-    it records what was sent and whether each turn's generator was closed early."""
+    it records what was sent, whether each turn's generator was closed early, and the
+    `keep_heard` calls; a turn whose reply said something joins `messages`."""
 
     def __init__(self, reply):
         self.reply, self.sent, self.closed_early, self.messages = reply, [], [], []
@@ -140,12 +141,20 @@ class ScriptedSession:
 
     def send(self, content):
         self.sent.append(content)
-        finished = False
+        finished = said = False
         try:
-            yield from self.reply(content)
+            for event in self.reply(content):
+                if not said and event.type == "text" and event.text:  # a token: the turn is kept
+                    said = True
+                    self.messages += [{"role": "user", "content": content},
+                                      {"role": "assistant", "content": [{"type": "text", "text": ""}]}]
+                yield event
             finished = True
         finally:
             self.closed_early.append(not finished)
+
+    def keep_heard(self, samples):
+        self.heard = getattr(self, "heard", []) + [samples]
 
     def reset(self):
         self.resets = getattr(self, "resets", 0) + 1

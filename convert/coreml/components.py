@@ -20,7 +20,7 @@ DIT_INV_FREQ = "rotary_embed.inv_freq"
 ODE_STEPS = 10  # the reference sampler: RK4 over 10 time points, guidance 0.5, sway -1
 GUIDANCE = 0.5
 SWAY = -1.0
-SAMPLE_RATE = 24000
+SPEECH_SAMPLE_RATE = 24000
 
 
 def save_multifunction(parts: Dict[str, Path], default: str, dest: Path) -> None:
@@ -236,7 +236,7 @@ def export_bigvgan(ctx) -> dict:
                               ctx.out / "bigvgan.mlpackage")
     hop = wrappers.samples_per_frame(cfg.upsample_rates)
     return _entry(package, precision=p, compression={"weights": p},
-                  config={"window_frames": frames, "samples_per_frame": hop, "sample_rate": SAMPLE_RATE,
+                  config={"window_frames": frames, "samples_per_frame": hop, "sample_rate": SPEECH_SAMPLE_RATE,
                           "context_frames": VOCODER_CONTEXT_FRAMES,
                           "calls": "runtime.vocoder_calls: vocode mel[start : start + window] (frames "
                                    "past the last real one repeat it) and keep the samples of frames "

@@ -37,10 +37,10 @@ def _show(result):
 
 
 def run_demo(directory: Optional[str] = None, max_tokens: int = 24):
-    from ..cli import write_wav
     from ..convert.mlx import convert
     from ..generate import generate
     from ..loading import load
+    from ..wavfile import save_wav
     from .checkpoint import write_demo_checkpoint
 
     print("[demo] The weights are RANDOM: text and speech are noise by design. This shows the "
@@ -66,7 +66,9 @@ def run_demo(directory: Optional[str] = None, max_tokens: int = 24):
         spoken = generate(model, DEMO_PROMPT, max_tokens=8, speak=True, max_codec_tokens=50, seed=0)
         _show(spoken)
         wav = root / "demo-reply.wav"
-        write_wav(str(wav), [spoken.audio], spoken.stats)
+        save_wav(str(wav), [spoken.audio])
+        st = spoken.stats
+        print(f"[demo] speech: {st.codec_tokens} codec tokens, {st.audio_seconds:.2f} s of audio -> {wav}")
         if directory is None:
             print("[demo] (the demo folder is temporary; pass --dir DIR to keep the checkpoint and wav)")
         print("[demo] done: text, audio in and speech out work. Next: omni-edge convert --hf-path "

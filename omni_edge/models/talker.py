@@ -36,7 +36,11 @@ class Talker(nn.Module):
         cache: Optional[List[Any]] = None,
         position_ids: Optional[mx.array] = None,
         rope_delta: int = 0,
+        last_only: bool = False,
     ) -> mx.array:
-        """Codec logits (float32, as the reference casts them) for `inputs_embeds` [B, L, E]."""
+        """Codec logits (float32, as the reference casts them) for `inputs_embeds` [B, L, E];
+        with `last_only`, for the last position alone [B, 1, V] (all a decode step reads)."""
         h = self.model(self.thinker_to_talker_proj(inputs_embeds), cache, position_ids, rope_delta)
+        if last_only:
+            h = h[:, -1:, :]
         return self.codec_head(h).astype(mx.float32)

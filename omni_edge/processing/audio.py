@@ -17,13 +17,13 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16000  # Hz; what the audio encoder was trained on
+INPUT_SAMPLE_RATE = 16000  # Hz; what the audio encoder was trained on
 N_FFT = 400  # 25 ms window
 HOP_LENGTH = 160  # 10 ms hop: one mel frame per 160 samples
 N_MELS = 128
 MEL_FMAX = 8000.0  # Hz
 MAX_SECONDS = 300  # the feature extractor's chunk_length
-N_SAMPLES = MAX_SECONDS * SAMPLE_RATE  # 4_800_000
+N_SAMPLES = MAX_SECONDS * INPUT_SAMPLE_RATE  # 4_800_000
 MAX_FRAMES = N_SAMPLES // HOP_LENGTH  # 30_000
 LOG_FLOOR = 1e-10  # mel power clamp before log10
 DYNAMIC_RANGE = 8.0  # log10 units kept below the loudest value
@@ -51,7 +51,7 @@ def load_audio(source: AudioSource, sampling_rate: Optional[float] = None) -> np
     name = _describe(source)
     _check_rate(sampling_rate, name)
     if isinstance(source, np.ndarray):
-        mono, rate = _array_to_mono(source, name), sampling_rate or SAMPLE_RATE
+        mono, rate = _array_to_mono(source, name), sampling_rate or INPUT_SAMPLE_RATE
     elif isinstance(source, (str, Path, bytes, bytearray, memoryview)):
         mono, rate = _decode(source, name, sampling_rate)
     else:
@@ -133,18 +133,18 @@ def _to_float32(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def _resample(mono: np.ndarray, rate: float) -> np.ndarray:
-    if rate == SAMPLE_RATE:
+    if rate == INPUT_SAMPLE_RATE:
         return np.ascontiguousarray(mono, dtype=np.float32)
-    out = soxr.resample(mono, rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY)
+    out = soxr.resample(mono, rate, INPUT_SAMPLE_RATE, quality=RESAMPLE_QUALITY)
     # librosa.resample(fix=True) pads/trims soxr's output to ceil(n * ratio) samples
-    n_out = math.ceil(len(mono) * SAMPLE_RATE / rate)
+    n_out = math.ceil(len(mono) * INPUT_SAMPLE_RATE / rate)
     return np.pad(out[:n_out], (0, max(0, n_out - len(out)))).astype(np.float32)
 
 
 def _truncate(audio: np.ndarray, name: str) -> np.ndarray:
     if len(audio) <= N_SAMPLES:
         return audio
-    warnings.warn(f"{name} is {len(audio) / SAMPLE_RATE:.1f} s long; Qwen2.5-Omni reads at most "
+    warnings.warn(f"{name} is {len(audio) / INPUT_SAMPLE_RATE:.1f} s long; Qwen2.5-Omni reads at most "
                   f"{MAX_SECONDS} s, so it was truncated (split longer audio into several clips)",
                   stacklevel=3)
     return audio[:N_SAMPLES]
@@ -171,7 +171,7 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
 def mel_filters() -> np.ndarray:
     """Slaney-scale, Slaney-normalized triangular filters [N_FFT//2+1, N_MELS], float64
     (= librosa.filters.mel(sr=16000, n_fft=400, n_mels=128, fmax=8000).T)."""
-    fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
+    fft_hz = np.linspace(0.0, INPUT_SAMPLE_RATE / 2, N_FFT // 2 + 1)
     edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(MEL_FMAX)),
                                    N_MELS + 2))
     widths = np.diff(edges)
@@ -232,7 +232,7 @@ def prepare_audio(source: AudioSource,
     audio = load_audio(source, sampling_rate)
     n_tokens = feature_length_to_tokens(math.ceil(len(audio) / HOP_LENGTH))
     if n_tokens < 1:
-        raise AudioError(f"{_describe(source)} lasts {len(audio) / SAMPLE_RATE * 1000:.1f} ms, "
+        raise AudioError(f"{_describe(source)} lasts {len(audio) / INPUT_SAMPLE_RATE * 1000:.1f} ms, "
                          f"too short for one audio token; pass at least {MIN_SAMPLES} samples "
                          "at 16 kHz (about 20 ms)")
     return log_mel(audio), n_tokens

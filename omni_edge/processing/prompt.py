@@ -3,12 +3,12 @@
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
 from ..config import ThinkerConfig
-from ..demo.tokenizer import OMNI_CHAT_TEMPLATE
+from .chat_template import OMNI_CHAT_TEMPLATE
 from .placeholders import expand_placeholders
 
 Messages = Union[str, List[Dict[str, Any]]]
@@ -115,38 +115,88 @@ class Processor:
     def encode(self, messages: Messages) -> List[int]:
         return self.prepare(messages).input_ids
 
-    def prepare(self, messages: Messages, use_audio_in_video: bool = False) -> PromptInputs:
+    def prepare(self, messages: Messages, use_audio_in_video: bool = False,
+                media: Optional["MediaCache"] = None) -> PromptInputs:
         """Render, tokenize and expand `messages`, loading every medium they hold. A video
-        part's own "use_audio_in_video" key overrides the argument for that video."""
+        part's own "use_audio_in_video" key overrides the argument for that video. With a
+        `media` cache, a part processed before is taken from it, never loaded again (a chat
+        keeps one, so a later turn never reopens an earlier file)."""
         messages = normalize_messages(messages)
         ids = self.tokenizer.encode(self.render(messages), add_special_tokens=False)
         inputs = PromptInputs(ids)
+        media = media if media is not None else MediaCache()
         for part in (p for m in messages if isinstance(m["content"], list) for p in m["content"]):
-            self._load(part, use_audio_in_video, inputs)
+            if part.get("type") in ("audio", "image", "video"):
+                media.load(part, use_audio_in_video).add_to(inputs)
         inputs.input_ids = expand_placeholders(ids, self.cfg, **inputs.media(),
                                                video_uses_audio=inputs.video_uses_audio)
         return inputs
 
-    @staticmethod
-    def _load(part: Dict[str, Any], use_audio_in_video: bool, inputs: PromptInputs):
-        from .audio import prepare_audio
-        from .image import IMAGE_OPTIONS, process_image
-        from .video import VIDEO_OPTIONS, extract_audio, process_video
 
-        kind = part.get("type")
-        if kind == "audio":
-            inputs.audio_features.append(prepare_audio(part["audio"], part.get("sampling_rate"))[0])
-        elif kind == "image":
-            inputs.images.append(process_image(part["image"], **_options(part, IMAGE_OPTIONS)))
-        elif kind == "video":
-            options = _options(part, VIDEO_OPTIONS)
-            inputs.videos.append(process_video(part["video"], **options))
-            with_audio = bool(part.get("use_audio_in_video", use_audio_in_video))
-            inputs.video_uses_audio.append(with_audio)
-            if with_audio:
-                track = extract_audio(part["video"], options.get("video_start"),
-                                      options.get("video_end"))
-                inputs.audio_features.append(prepare_audio(track, 16000)[0])
+@dataclass
+class LoadedPart:
+    """One processed medium: audio features, or an image's or video's patches (and the
+    video's own sound track's features when it is used)."""
+
+    kind: str
+    value: Any
+    audio_features: Optional[np.ndarray] = None  # a video's track, when it is used
+
+    def add_to(self, inputs: PromptInputs):
+        if self.kind == "audio":
+            inputs.audio_features.append(self.value)
+        elif self.kind == "image":
+            inputs.images.append(self.value)
+        else:
+            inputs.videos.append(self.value)
+            inputs.video_uses_audio.append(self.audio_features is not None)
+            if self.audio_features is not None:
+                inputs.audio_features.append(self.audio_features)
+
+
+class MediaCache:
+    """Processed media by message part (the part dict itself: the conversation keeps it), so
+    each file is opened and decoded once per conversation."""
+
+    def __init__(self):
+        self._parts: Dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def retain(self, messages: Messages):
+        """Forget the media of parts no longer in `messages` (turns a chat dropped)."""
+        alive = {id(p) for m in messages if isinstance(m.get("content"), list) for p in m["content"]}
+        self._parts = {k: v for k, v in self._parts.items() if k[0] in alive}
+
+    def load(self, part: Dict[str, Any], use_audio_in_video: bool) -> LoadedPart:
+        with_audio = bool(part.get("use_audio_in_video", use_audio_in_video))
+        key = (id(part), with_audio)
+        hit = self._parts.get(key)
+        if hit is not None and hit[0] is part:
+            return hit[1]
+        loaded = _load(part, with_audio)
+        self._parts[key] = (part, loaded)  # holding the part keeps its id unique
+        return loaded
+
+
+def _load(part: Dict[str, Any], with_audio: bool) -> LoadedPart:
+    from .audio import INPUT_SAMPLE_RATE, prepare_audio
+    from .image import IMAGE_OPTIONS, process_image
+    from .video import VIDEO_OPTIONS, extract_audio, process_video
+
+    kind = part["type"]
+    if kind == "audio":
+        return LoadedPart(kind, prepare_audio(part["audio"], part.get("sampling_rate"))[0])
+    if kind == "image":
+        return LoadedPart(kind, process_image(part["image"], **_options(part, IMAGE_OPTIONS)))
+    options = _options(part, VIDEO_OPTIONS)
+    video = process_video(part["video"], **options)
+    track = None
+    if with_audio:
+        sound = extract_audio(part["video"], options.get("video_start"), options.get("video_end"))
+        track = prepare_audio(sound, INPUT_SAMPLE_RATE)[0]
+    return LoadedPart(kind, video, track)
 
 
 def _options(part: Dict[str, Any], names) -> Dict[str, Any]:

@@ -3,9 +3,8 @@ through one output stream, barge-in, echo cancellation and an event log (`omni-e
 --listen`)."""
 
 from .cli import add_listen_options, listen, open_audio, run_listen, wants_listen
-from .heard import keep_heard
 from .listener import EventLog, Listener
 from .turns import Endpointer, SileroVAD, TurnOptions
 
-__all__ = ["listen", "open_audio", "add_listen_options", "run_listen", "wants_listen", "keep_heard", "EventLog",
+__all__ = ["listen", "open_audio", "add_listen_options", "run_listen", "wants_listen", "EventLog",
            "Listener", "Endpointer", "SileroVAD", "TurnOptions"]

@@ -118,16 +118,14 @@ def _is_terminal(stream) -> bool:
 
 
 def warm_up(session):
-    """One throwaway spoken turn (1 s of quiet audio, a few tokens, one audio window) on a copy
-    of `session`'s options, so the first real turn does not pay for compiling kernels."""
+    """One throwaway spoken turn (1 s of quiet audio, a few tokens, one audio window) with
+    `session`'s options, so the first real turn does not pay for compiling kernels."""
     from ..chat import ChatSession
 
-    options = dict(session.options, max_tokens=3)
-    if options.get("talker") is not None:
-        options["talker"] = dataclasses.replace(options["talker"], max_codec_tokens=30,
-                                                min_codec_tokens=0)
+    options = dict(vars(session.options), max_tokens=3)
+    speech = dataclasses.replace(session.speech, max_codec_tokens=30, min_codec_tokens=0)
     quiet = 0.01 * np.random.default_rng(0).standard_normal(INPUT_RATE).astype(np.float32)
-    for _ in ChatSession(session.model, **options).send(
+    for _ in ChatSession(session.model, speech=speech, **options).send(
             [{"type": "audio", "audio": quiet, "sampling_rate": INPUT_RATE}]):
         pass
 
@@ -149,9 +147,6 @@ def listen(session, *, mic_file: Optional[str] = None, input_device: Optional[st
     out = out or sys.stdout
     events = EventLog(log)
     try:
-        if warm:
-            print("(warming up)", file=out, flush=True)
-            warm_up(session)
         lines = None
         if typed is not None:
             lines = queue.Queue()
@@ -164,6 +159,9 @@ def listen(session, *, mic_file: Optional[str] = None, input_device: Optional[st
         listener = Listener(session, source, player, Endpointer(vad, options), events, out,
                             echo=echo, barge_in=barge, typed=lines, ptt=ptt, parse_line=parse_line,
                             eof_quits=_is_terminal(typed))
+        if warm:  # on the session's generation thread, as every later call
+            print("(warming up)", file=out, flush=True)
+            listener.worker.call(lambda: warm_up(session))
         try:
             listener.run()
         except KeyboardInterrupt:  # Ctrl-C leaves; the reply stops, the speech is kept

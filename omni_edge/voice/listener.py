@@ -10,7 +10,6 @@ from typing import Callable, List, Optional, TextIO
 import numpy as np
 
 from .audio_io import INPUT_RATE
-from .heard import keep_heard
 from .turns import BLOCK, BLOCK_S, Endpointer
 
 ECHO_TAIL_S = 0.3  # half-duplex: the microphone stays deaf this long after the speaker stops
@@ -38,19 +37,69 @@ class EventLog:
             self.file.close()
 
 
-class Reply(threading.Thread):
-    """One reply on its own thread: text to `out`, audio to the player (as long as the reply
+class Worker(threading.Thread):
+    """The process's one generation thread for voice sessions. MLX streams are per thread and a
+    lazy array made on one thread can't be evaluated on another, so every call into a session
+    (replies, the cut after a barge-in, reset, the warm-up) runs here, in order. It never ends:
+    a thread that used MLX and exits while Python shuts down aborts the process (MLX frees its
+    per-thread compile cache, which needs the interpreter), so it stays parked on its queue."""
+
+    _shared: Optional["Worker"] = None
+    _lock = threading.Lock()
+
+    def __init__(self):
+        super().__init__(daemon=True, name="omni-edge-replies")
+        self.jobs: queue.Queue = queue.Queue()
+        self.start()
+
+    @classmethod
+    def shared(cls) -> "Worker":
+        with cls._lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
+
+    def run(self):
+        while True:
+            self.jobs.get()()
+
+    def call(self, fn):
+        """Run `fn()` here and wait for it; its result or its exception comes back."""
+        done, box = threading.Event(), {}
+
+        def job():
+            try:
+                box["value"] = fn()
+            except BaseException as err:  # handed back to the caller
+                box["error"] = err
+            finally:
+                done.set()
+
+        self.jobs.put(job)
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box.get("value")
+
+
+class Reply:
+    """One reply, run on the Worker: text to `out`, audio to the player (as long as the reply
     isn't cut), everything generated kept for --save."""
 
     def __init__(self, session, content, player, out: TextIO):
-        super().__init__(daemon=True, name="omni-edge-reply")
         self.session, self.content, self.player, self.out = session, content, player, out
         self.epoch = player.epoch
-        self.turns_before = len(getattr(session, "messages", []))
-        self.stop_asked = threading.Event()
+        self.turns_before = len(session.messages)
+        self.stop_asked, self.finished = threading.Event(), threading.Event()
         self.audio: List[np.ndarray] = []
-        self.codes: Optional[int] = None  # the whole reply's codec count, once it ended
+        self.text = ""  # what was generated of the reply's text
         self.error: Optional[str] = None
+
+    def is_alive(self) -> bool:
+        return not self.finished.is_set()
+
+    def join(self):
+        self.finished.wait()
 
     def run(self):
         events = None
@@ -60,12 +109,12 @@ class Reply(threading.Thread):
                 if self.stop_asked.is_set():
                     break
                 if event.type == "text":
+                    self.text += event.text
                     print(event.text, end="", flush=True, file=self.out)
                 elif event.type == "audio":
                     self.audio.append(event.audio)
                     self.player.write_for(self.epoch, event.audio)
                 else:
-                    self.codes = len(event.codec_ids)
                     print(file=self.out, flush=True)
         except Exception as err:  # a bad turn is reported, the session listens on
             self.error = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
@@ -74,6 +123,7 @@ class Reply(threading.Thread):
             if events is not None:
                 events.close()
             self.player.finish()
+            self.finished.set()
 
     def stop(self):
         self.stop_asked.set()
@@ -104,6 +154,7 @@ class Listener:
         self.recording: Optional[List[np.ndarray]] = None  # push-to-talk
         self.speech: List[np.ndarray] = []  # what was heard of every reply, for --save
         self.quit = False
+        self.worker = Worker.shared()
 
     @property
     def t(self) -> float:
@@ -178,7 +229,7 @@ class Listener:
         self.log(self.t, "turn", input=kind, seconds=round(seconds, 3))
         self.reply_base = self.player.played
         self.reply = Reply(self.session, content, self.player, self.out)
-        self.reply.start()
+        self.worker.jobs.put(self.reply.run)
 
     def _watch_reply(self):
         if self.reply is None:
@@ -216,10 +267,10 @@ class Listener:
         reply, heard = pending
         reply.join()
         self.pending_cut = None
-        if len(getattr(self.session, "messages", [])) > reply.turns_before:
+        if len(self.session.messages) > reply.turns_before:
             # the turn is in the conversation (a turn stopped before its first token is not,
             # and the reply before it must stay whole)
-            keep_heard(self.session, heard, reply.codes)
+            self.worker.call(lambda: self.session.keep_heard(heard))
         self._keep(reply, heard)
 
     def _keep(self, reply: Reply, heard: Optional[int]):
@@ -257,7 +308,7 @@ class Listener:
             if self._replying():
                 self._interrupt()
             self._settle()
-            self.session.reset()
+            self.worker.call(self.session.reset)
             print("(conversation cleared)", file=self.out, flush=True)
         elif action == "send":
             self._start_turn(content, "text")

@@ -6,7 +6,10 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from .speech import SAMPLE_RATE, TalkerOptions
+from ..events import SPEECH_SAMPLE_RATE
+from ..voice import add_listen_options, run_listen, wants_listen
+from .common import (MODEL_HELP, add_generation_options, add_speech_options, generation_options,
+                     load_model, speech_options)
 
 TURN_GAP_S = 0.3  # silence between the turns' speech in the --save file
 MEDIA_COMMANDS = {"/audio": "question.wav", "/image": "photo.jpg", "/video": "clip.mp4"}
@@ -42,38 +45,44 @@ def parse_line(line: str):
     raise ValueError(f"unknown command {word}; {HELP}")
 
 
-def session_options(args) -> dict:
-    from .cli import generation_kwargs
+def add_parser(sub):
+    p = sub.add_parser("chat", help="talk with the model: multi-turn, speaking as it streams",
+                       description=HELP)
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--system", help="system prompt (speech needs the default one)")
+    p.add_argument("--text-only", action="store_true", help="reply in text only, no speech")
+    p.add_argument("--no-play", action="store_true", help="don't play the speech (headless)")
+    p.add_argument("--save", metavar="OUT.wav", help="write all of the session's speech here")
+    p.add_argument("--jitter-ms", type=float, default=150,
+                   help="the least audio buffered before playback starts")
+    add_listen_options(p)  # issue 14: omni-edge chat --listen (omni_edge/voice)
+    add_speech_options(p)
+    add_generation_options(p)
+    p.set_defaults(func=chat)
 
-    options = generation_kwargs(args)
-    options.pop("truncate")  # a conversation that outgrows the context asks for /reset
-    if not args.text_only:
-        options.update(
-            speak=True, voice=args.voice, first_chunk_frames=args.first_chunk_frames,
-            chunk_frames=args.chunk_frames, token2wav_steps=args.token2wav_steps,
-            talker=TalkerOptions(args.talker_temp, args.talker_top_k, args.talker_top_p,
-                                 args.talker_repetition_penalty, args.max_codec_tokens))
-    return options
+
+def session_options(args) -> dict:
+    """ChatSession's keywords from the flags (a conversation that outgrows the context drops
+    its oldest turns)."""
+    return dict(generation_options(args), speak=not args.text_only, speech=speech_options(args))
 
 
 def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = None):
     """Run the conversation loop. `player_factory(sample_rate=...)` replaces the sound card
     (tests); playback problems are reported before the model loads."""
-    from .chat import ChatSession
-    from .cli import load_for_speech, save_wav
-    from .playback import Player
+    from ..chat import ChatSession
+    from ..playback import Player
+    from ..wavfile import save_wav
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    from .voice import run_listen, wants_listen
-
     if wants_listen(args):  # issue 14: the microphone is the input (omni_edge/voice)
-        return run_listen(args, lambda: load_for_speech(args), session_options(args), parse_line,
+        return run_listen(args, lambda: load_model(args), session_options(args), parse_line,
                           save_wav, stdin=stdin, stdout=stdout)
     play = not args.text_only and not args.no_play
     player_factory = player_factory or Player
     if play:
-        player_factory(sample_rate=SAMPLE_RATE).close()  # fail now, with the install hint
-    model = load_for_speech(args)
+        player_factory(sample_rate=SPEECH_SAMPLE_RATE).close()  # fail now, with the install hint
+    model = load_model(args)
     session = ChatSession(model, system=args.system, **session_options(args))
     speech: List[np.ndarray] = []
     print(HELP, file=stdout)
@@ -105,7 +114,7 @@ def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = Non
 
 def _turn(session, content, stdout, player_factory, speech: list):
     """One reply: text to stdout, audio to the player and the session's recording."""
-    player = player_factory(sample_rate=SAMPLE_RATE) if player_factory else None
+    player = player_factory(sample_rate=SPEECH_SAMPLE_RATE) if player_factory else None
     events = session.send(content)
     audio = []
     interrupted = False
@@ -135,5 +144,5 @@ def _turn(session, content, stdout, player_factory, speech: list):
             player.close(wait=not interrupted)
     if audio:
         if speech:
-            speech.append(np.zeros(int(TURN_GAP_S * SAMPLE_RATE), np.float32))
+            speech.append(np.zeros(int(TURN_GAP_S * SPEECH_SAMPLE_RATE), np.float32))
         speech.extend(audio)
