@@ -4,12 +4,16 @@ The workload: a 10 s audio question, 128 reply tokens, 500 codec tokens (10 s of
 streamed with `stream(..., speak=True)` and a 4-bit Thinker. Each variant sets how Token2Wav
 renders the stream:
 
-- `reference`: the reference's windows (first chunk 72 frames), 10-point RK4, DiT in float32;
-- `fast`: a 24-frame first chunk and the DiT in bfloat16 (same ODE);
-- `fast6`: as `fast` with 6 ODE time points instead of 10;
-- `long`, `long6`: as `fast`, `fast6` with 216-frame later chunks (fewer windows).
+- `reference`: the reference's windows (72 frames), 10-point RK4, DiT in float32, in line;
+- `long`: the landed default before the overlap: 24 then 216-frame chunks, bf16 DiT, in line;
+- `overlap`, `overlap48`: windows on their own stream while decoding goes on (24 or 48-frame
+  first chunk);
+- `rk4-6`, `fast`, `fast24`, `fastest`, `fast-inline`: cheaper ODE solvers
+  (`omni_edge.models.solvers`), overlapped unless `-inline`.
 
-For each it prints time to first token and to first audio, the whole turn, the real-time
+For each it prints the first chunk (when, and how long it is), the glitch-free start (the
+earliest playback start that never stalls) and the stalls of a player that starts at 150 ms
+buffered, the whole turn, the real-time
 factor, Thinker and Talker tok/s and peak memory, and what the variant does to the audio: the
 relative RMS difference between its streamed waveform and the offline float32 10-point
 Token2Wav of the same codes and noise (random weights: a measure of drift, not of quality).
@@ -62,13 +66,23 @@ SIZES = {  # omni_spec.md §2, in the published layout
                           look_backward_layers=[0, 2]),
                  bigvgan=dict(upsample_initial_channel=64)),  # a smoke test of this script
 }
-VARIANTS = {
-    "reference": dict(first_chunk_frames=None, chunk_frames=None, token2wav_steps=10,
-                      dit_dtype="float32"),
-    "fast": dict(first_chunk_frames=24, chunk_frames=None, token2wav_steps=10, dit_dtype="bfloat16"),
-    "fast6": dict(first_chunk_frames=24, chunk_frames=None, token2wav_steps=6, dit_dtype="bfloat16"),
-    "long": dict(first_chunk_frames=24, chunk_frames=216, token2wav_steps=10, dit_dtype="bfloat16"),
-    "long6": dict(first_chunk_frames=24, chunk_frames=216, token2wav_steps=6, dit_dtype="bfloat16"),
+VARIANTS = {  # SpeechOptions for each row
+    # the reference's streaming: 72-frame windows, float32 DiT, each window in line, RK4 x 10
+    "reference": dict(first_chunk_frames=None, chunk_frames=None, dit_dtype="float32",
+                      overlap=False),
+    # the landed default before this change: 24 then 216-frame windows, bf16 DiT, in line
+    "long": dict(first_chunk_frames=24, chunk_frames=216, dit_dtype="bfloat16", overlap=False),
+    # windows rendered on their own stream while decoding goes on (the default), bf16 DiT
+    "overlap": dict(first_chunk_frames=24, chunk_frames=216, dit_dtype="bfloat16"),
+    "overlap48": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16"),
+    # cheaper ODE solvers (omni_edge.models.solvers)
+    "rk4-6": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16", solver="rk4-6"),
+    "fast": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16", solver="fast"),
+    "fast24": dict(first_chunk_frames=24, chunk_frames=216, dit_dtype="bfloat16", solver="fast"),
+    "fastest": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16",
+                    solver="fastest"),
+    "fast-inline": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16",
+                        solver="fast", overlap=False),
 }
 SPEAKER_BOS = 151870
 THINKER_IDS = {  # as the published config.json writes them
@@ -141,9 +155,7 @@ def turn(model, clip, text_tokens: int, codes: int, variant: dict, noise) -> dic
     audio = []
     for event in stream(model, messages(clip), speak=True, max_tokens=text_tokens,
                         max_codec_tokens=codes, min_codec_tokens=codes, seed=0, noise=noise,
-                        first_chunk_frames=variant["first_chunk_frames"],
-                        chunk_frames=variant["chunk_frames"],
-                        token2wav_steps=variant["token2wav_steps"]):
+                        **variant):
         if event.type == "audio":
             audio.append(event.audio)
         if event.type == "done":
@@ -266,14 +278,15 @@ def summarize(paths):
         first = f"{r['ttfa_s']:.2f}s/{r.get('first_chunk_s', 0) * 1000:.0f}ms"
         stalls = f"{r.get('stalls', 0)} ({r.get('stall_s', 0):.2f}s)" if "stalls" in r else "-"
         print(f"{r['size']:4} {r['impl']:22} {r['variant']:10} {r['total_s']:8.2f} {first:>12} "
-              f"{r.get('glitch_free_start_s', r['ttfa_s']):11.2f} {stalls:>11} {r['rtf']:6.2f} {r.get('thinker_tok_s', 0):8.1f} {r.get('talker_tok_s', 0):7.1f} "
+              f"{r.get('glitch_free_start_s', r['ttfa_s']):11.2f} {stalls:>11} {r['rtf']:6.2f} "
+              f"{r.get('thinker_tok_s', 0):8.1f} {r.get('talker_tok_s', 0):7.1f} "
               f"{r.get('audio_drift', float('nan')):6.3f} {ratio:>6}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="3b", choices=sorted(SIZES))
-    ap.add_argument("--variants", default="reference,fast,fast6")
+    ap.add_argument("--variants", default="long,overlap,fast")
     ap.add_argument("--text-tokens", type=int, default=128)
     ap.add_argument("--codes", type=int, default=500)
     ap.add_argument("--q-bits", type=int, default=4, choices=[0, 4, 8], help="Thinker bits (0 = bf16)")

@@ -33,8 +33,9 @@ class ChatSession:
     reads (input embedding and final hidden of every fed token) are kept, and so is the
     Talker's cache: its prompt rows for the earlier turns are fed once.
 
-    When the conversation no longer fits `max_context` (with room for a reply), the oldest
-    turns are dropped (the system prompt stays) and `dropped_turns` counts them."""
+    When the conversation no longer fits `max_context` (or `max_kv_size`) with room for a
+    reply, the oldest turns are dropped (the system prompt stays) and `dropped_turns` counts
+    them; so a rotating cache never wraps in a chat."""
 
     def __init__(self, model, system: Optional[str] = None, *,
                  speech: Optional[SpeechOptions] = None, **options):
@@ -47,7 +48,7 @@ class ChatSession:
         self.messages: List[dict] = []
         if self.system:
             self.messages.append({"role": "system", "content": [{"type": "text", "text": self.system}]})
-        self.cache = self.model.thinker.make_cache()
+        self.cache = self.model.thinker.make_cache(self.options.max_kv_size)
         self.ids: List[int] = []  # what the cache holds
         self.rows = None  # (embeds, hidden) [len(ids), H] each, when speaking
         self.talker = TalkerState(self.model.talker.make_cache()) if self.speak else None
@@ -67,9 +68,8 @@ class ChatSession:
         content = [dict(part) for part in content]  # ours: the media cache keys on these dicts
         turn = Turn(self.model, self.options, self.speech)
         messages, inputs = self._fit(turn, self.messages + [{"role": "user", "content": content}])
-        keep = self._reusable(inputs.input_ids)
-        self._trim(keep)
-        prompt = build_prompt(self.model, inputs, keep)
+        self._trim(self._reusable(inputs.input_ids))
+        prompt = build_prompt(self.model, inputs, len(self.ids))
         capture = ([self.rows] if self.rows else []) if self.speak else None
         fed: List[int] = []
         try:
@@ -96,7 +96,8 @@ class ChatSession:
         leave room for a reply in the context."""
         messages = turn.messages(messages)
         inputs = self.model.processor.prepare(messages, media=self.media)
-        budget = turn.context - min(self.options.max_tokens, turn.context // 4)
+        context = min(turn.context, self.options.max_kv_size or turn.context)  # never wraps
+        budget = context - min(self.options.max_tokens, context // 4)
         if len(inputs.input_ids) < budget:
             return messages, inputs
         head = 1 if messages[0]["role"] == "system" else 0
@@ -106,7 +107,7 @@ class ChatSession:
             if len(users) < 2:
                 raise ValueError(
                     f"this message alone ({len(inputs.input_ids)} tokens with the system prompt) "
-                    f"does not fit the context of {turn.context} with room for max_tokens="
+                    f"does not fit the context of {context} with room for max_tokens="
                     f"{self.options.max_tokens}; send less (shorter audio, fewer or smaller "
                     "images) or raise max_context")
             messages = messages[:head] + messages[users[1]:]
@@ -114,7 +115,7 @@ class ChatSession:
             inputs = self.model.processor.prepare(messages, media=self.media)
         self.media.retain(messages)
         if first_drop:  # said once per session
-            warnings.warn(f"the conversation outgrew the context ({turn.context} tokens): its "
+            warnings.warn(f"the conversation outgrew the context ({context} tokens): its "
                           "oldest turns are dropped from now on (the system prompt stays)")
         return messages, inputs
 
@@ -140,6 +141,14 @@ class ChatSession:
 
     def _trim(self, keep: int):
         drop = len(self.ids) - keep
+        if drop > 0 and not all(c.is_trimmable() for c in self.cache):
+            # a rotating cache that has wrapped can't go back: start it over (the whole
+            # conversation is fed again this turn)
+            self.cache = self.model.thinker.make_cache(self.options.max_kv_size)
+            self.ids, self.rows = [], None
+            if self.talker is not None:
+                self.talker = TalkerState(self.model.talker.make_cache())
+            return
         if drop > 0:
             for c in self.cache:
                 c.trim(drop)

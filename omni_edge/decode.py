@@ -5,13 +5,29 @@ from typing import Iterator, List, Optional
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.models.cache import KVCache
 
 from .options import PREFILL_STEP
 from .sampling import process
 
 CLEAR_CACHE_EVERY = 256
+KV_GROUP_SIZE = 64
 # Generation runs on its own stream, one per thread, so it works from any thread (as mlx-lm 0.32).
 GENERATION_STREAM = mx.new_thread_local_stream(mx.default_device())
+
+
+def quantize_cache(cache: list, bits: int, group_size: int = KV_GROUP_SIZE):
+    """Replace each float KV cache of the list by its quantized copy, in place (the caller's
+    list, e.g. a chat's, then holds the quantized ones)."""
+    head_dim = next((c.keys.shape[-1] for c in cache if getattr(c, "keys", None) is not None), 0)
+    if head_dim % group_size:
+        group_size = 32
+    if head_dim % group_size:
+        raise ValueError(f"kv_bits needs attention heads a multiple of 32 wide; this model's are "
+                         f"{head_dim} (the published models' are 128): leave kv_bits unset")
+    for i, c in enumerate(cache):
+        if type(c) is KVCache:  # a rotating or an already quantized cache stays as it is
+            cache[i] = c.to_quantized(group_size=group_size, bits=bits)
 
 
 def generate_step(
@@ -29,6 +45,7 @@ def generate_step(
     rope_delta: int = 0,
     seen_ids: Optional[List[int]] = None,
     forced_ids: Optional[List[int]] = None,
+    kv_bits: Optional[int] = None,
 ) -> Iterator[int]:
     """Yield Thinker tokens after `prompt_ids` (whose embeddings may be given, [L, H], when
     the prompt holds media), fed after whatever `cache` already holds. Logits reach the
@@ -40,7 +57,8 @@ def generate_step(
     With a `capture` list, each forward pass appends its (input embeddings, final normed
     hidden states), [L, H] each: what the Talker reads, taken from the pass that made them.
     `forced_ids` replace sampling: the loop feeds and yields exactly those ids (the Thinker
-    "says" a given text, so the Talker reads its states); `max_tokens` still bounds it."""
+    "says" a given text, so the Talker reads its states); `max_tokens` still bounds it.
+    `kv_bits` quantizes the (float) caches after the prompt's prefill, as mlx-lm does."""
     thinker = model.thinker
     cache = cache if cache is not None else thinker.make_cache()
     sampler = sampler or (lambda logits: mx.argmax(logits, axis=-1))
@@ -88,6 +106,8 @@ def generate_step(
         return
     y = step(prompt, 0, embeds, positions)
     mx.async_eval(y, *captured())
+    if kv_bits:
+        quantize_cache(cache, kv_bits)
     for n in range(max_tokens):
         if n + 1 < max_tokens:
             next_y = step(y, n + 1)

@@ -27,7 +27,10 @@ class GenerationStats:
     glitch_free_start_s: float = 0.0  # earliest playback start, from the call, that never stalls
     stalls: int = 0  # stalls of a player that starts at 150 ms buffered and pauses when dry
     stall_s: float = 0.0  # their total length
-    underruns: int = 0  # stalls the live player counted (chat, generate --speak)
+    # the adaptive player (playback.Player: buffers what the renderer expects to need)
+    player_start_s: float = 0.0
+    player_stalls: int = 0
+    player_stall_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class AudioChunk:
     audio: np.ndarray  # float32 waveform at `sample_rate`
     start_sample: int  # where this chunk starts in the utterance
     sample_rate: int = SPEECH_SAMPLE_RATE
+    next_in_s: float = 0.0  # the renderer's estimate of the seconds until the next chunk
     type: str = "audio"
 
 

@@ -22,11 +22,12 @@ def stream(model, messages, *, speech: Optional[SpeechOptions] = None, **options
     so audio starts while the text is still being written. A final Done carries the stats
     (time to first token and audio, what a listener hears, real-time factor, tok/s, memory).
 
-    `options` are `options.GenerationOptions`' fields (max_tokens, temperature, top_p, top_k,
-    min_p, repetition_penalty, seed, max_context, truncate, prefill_step_size,
+    `options` are `options.GenerationOptions`' fields (max_tokens, min_tokens, temperature,
+    top_p, top_k, min_p, repetition_penalty, seed, max_context, truncate, prefill_step_size,
     use_audio_in_video, speak, noise) and `options.SpeechOptions`' (voice, talker_temperature,
     talker_top_k, talker_top_p, talker_repetition_penalty, max_codec_tokens, min_codec_tokens,
-    first_chunk_frames, chunk_frames, token2wav_steps, dit_dtype), which override `speech`.
+    first_chunk_frames, chunk_frames, token2wav_steps, dit_dtype, overlap), which override
+    `speech`.
     An unknown option is a ValueError naming the valid ones. Times count from the call."""
     generation, speech = split_options(options, speech)
     turn = Turn(model, generation, speech)

@@ -12,6 +12,7 @@ SAMPLE_RATE = 24000
 DEFAULT_JITTER_MS = 150
 DEFAULT_BLOCKSIZE = 0  # 0 lets PortAudio pick (possibly varying) block sizes: its advice
 DRAIN_MARGIN_S = 2.0  # how long close() waits past the queued audio's own length
+AHEAD_MARGIN = 1.25  # buffer this much more than the producer expects to need
 INSTALL_HINT = (
     'pip install "omni-edge[voice]"; on Linux also install PortAudio (apt-get install '
     "libportaudio2), on macOS it comes with the sounddevice wheel. Or pass --no-play to "
@@ -41,10 +42,11 @@ def _open_sounddevice_stream(**kwargs):
 class Player:
     """Plays mono float32 chunks as they are written.
 
-    Playback starts once `jitter_ms` of audio is queued (or at `close()` with less), so a
-    producer that runs a little late does not stutter. When the queue runs dry mid-playback the
-    sound card gets silence, `.underruns` counts the event, and playback resumes once
-    `jitter_ms` is queued again. `stream_factory` replaces `sounddevice.OutputStream` (same
+    Playback starts once the queued audio covers the time the producer expects until its next
+    chunk (`write(chunk, ahead_s=...)`, with a margin), and never with less than `jitter_ms`
+    (the floor; or at `close()` with less), so a producer that renders in windows does not
+    stutter. When the queue runs dry mid-playback the sound card gets silence, `.underruns`
+    counts the event, and playback resumes once that much is queued again. `stream_factory` replaces `sounddevice.OutputStream` (same
     keyword arguments; the result needs `start()`, `stop()` and `close()`)."""
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, jitter_ms: float = DEFAULT_JITTER_MS,
@@ -53,6 +55,7 @@ class Player:
             raise ValueError(f"jitter_ms must be >= 0, got {jitter_ms}")
         self.sample_rate = sample_rate
         self.jitter_samples = max(1, round(sample_rate * jitter_ms / 1000))
+        self.need_samples = self.jitter_samples  # the floor, raised by the producer's estimate
         self.underruns = 0
         self._chunks = collections.deque()
         self._head = 0  # samples of _chunks[0] already played
@@ -72,8 +75,9 @@ class Player:
     def started(self) -> bool:
         return self._started
 
-    def write(self, chunk: np.ndarray):
-        """Queue a mono chunk, shape (n,) or (n, 1); it is copied."""
+    def write(self, chunk: np.ndarray, ahead_s: Optional[float] = None):
+        """Queue a mono chunk, shape (n,) or (n, 1); it is copied. `ahead_s`: the producer's
+        estimate of the seconds until its next chunk (AudioChunk.next_in_s)."""
         audio = np.array(chunk, dtype=np.float32)
         if audio.ndim == 2 and audio.shape[1] == 1:
             audio = audio[:, 0]
@@ -85,7 +89,10 @@ class Player:
             if audio.size:
                 self._chunks.append(audio)
                 self._queued += audio.size
-            start = not self._started and self._queued >= self.jitter_samples
+            if ahead_s is not None and ahead_s >= 0:
+                self.need_samples = max(self.jitter_samples,
+                                        round(ahead_s * AHEAD_MARGIN * self.sample_rate))
+            start = not self._started and self._queued >= self.need_samples
             self._started |= start
         if start:
             self._stream.start()
@@ -126,7 +133,7 @@ class Player:
         """PortAudio's thread asks for `frames` samples: copy under a short lock, never raise."""
         out = outdata[:, 0]
         with self._lock:
-            if not self._playing and (self._queued >= self.jitter_samples
+            if not self._playing and (self._queued >= self.need_samples
                                       or (self._closed and self._queued)):
                 self._playing = True
             n = self._pop_into(out) if self._playing else 0

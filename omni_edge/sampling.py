@@ -23,6 +23,21 @@ def make_repetition_penalty(penalty: float) -> Processor:
     return apply
 
 
+def make_min_tokens(stop_ids, n: int) -> Processor:
+    """Keep the `stop_ids` from being sampled for the first `n` steps (benchmarks force reply
+    lengths so, as transformers' min_new_tokens)."""
+    stop = mx.array(sorted(stop_ids))
+    steps = [0]
+
+    def apply(tokens: mx.array, logits: mx.array) -> mx.array:
+        if steps[0] < n:
+            logits[:, stop] = -mx.inf
+        steps[0] += 1
+        return logits
+
+    return apply
+
+
 def make_thinker_sampler(temperature: float, top_p: float = 1.0, top_k: int = 0,
                          min_p: float = 0.0) -> Callable[[mx.array], mx.array]:
     """mlx-lm's sampler (greedy at temperature 0) on float32 log-probabilities."""

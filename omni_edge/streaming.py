@@ -9,25 +9,40 @@ frames are then vocoded after the last 40 frames already vocoded; 20 frames (480
 audio are dropped on each inner side, because BigVGAN near an edge of its input has not seen the
 neighbours yet. Each window emits [chunk start − 20, chunk end − 20) frames of audio; the
 first starts at 0 and the last runs to the end, so every sample is emitted exactly once.
+
+A window can be queued and collected apart (`submit`, then `PendingChunk.result`), so a caller
+can decode while the GPU renders it.
 """
 
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
 
-from .models.dit import MIN_GUIDANCE
-from .models.token2wav import GUIDANCE_SCALE, NUM_STEPS, Token2Wav
+from .models.solvers import Solver, get_solver
+from .models.token2wav import Token2Wav
 
 CHUNK_BLOCKS = 3  # new mel frames per window: 3 DiT blocks (72 frames)
 PAST_BLOCKS = 2  # DiT context before a chunk: the look-back layers reach 2 blocks (48 frames)
 FUTURE_BLOCKS = 1  # and after it: the look-ahead layer reaches 1 block (24 frames)
 VOCODER_CONTEXT_FRAMES = 20  # audio this close to an inner edge of BigVGAN's input is redone
 MAX_FRAMES = 30000  # the reference's noise buffer: 300 s of mel at 100 frames/s
-DIT_CALLS_PER_STEP = 4  # RK4 (3/8 rule): four velocity evaluations per time interval
 MEL_REPEATS = 2  # the chunk rules are the reference's 50 Hz ones: 2 mel frames per code
 
 AudioChunk = Tuple[np.ndarray, int]  # (float32 samples, index of the first one)
+
+
+@dataclass
+class PendingChunk:
+    """A window's audio, queued for evaluation (`mx.async_eval`) but maybe not rendered yet."""
+
+    audio: mx.array  # [samples] float32, lazily evaluated
+    start_sample: int
+
+    def result(self) -> AudioChunk:
+        """Wait for the window and return (float32 samples, index of the first one)."""
+        return np.array(self.audio, dtype=np.float32), self.start_sample
 
 
 class StreamingToken2Wav:
@@ -41,25 +56,25 @@ class StreamingToken2Wav:
     window keeps its full context, so it costs one more window, not accuracy. `chunk_frames`
     (default the reference's 72) sets the later chunks: a window's cost is set by its DiT call
     count, not its length, so longer chunks mean fewer windows per second of speech; the chunks
-    grow to it from the first (first, 72, then chunk_frames), so the audio already out covers
+    double from the first up to it (24, 48, 96, 192, 216), so the audio already out covers
     the time the next window takes. Each window costs `dit_calls_per_window` DiT calls (batch 2
-    with CFG)."""
+    where guided).
+
+    `solver`: a preset name (`solvers.SOLVERS`: "reference", "fast", ...) or a `Solver`;
+    `steps` / `guidance` override its own."""
 
     def __init__(self, model: Token2Wav, voice, noise: Optional[mx.array] = None,
-                 steps: int = NUM_STEPS, guidance: float = GUIDANCE_SCALE,
+                 steps: Optional[int] = None, guidance: Optional[float] = None,
                  first_chunk_frames: Optional[int] = None, max_frames: int = MAX_FRAMES,
-                 chunk_frames: Optional[int] = None):
+                 chunk_frames: Optional[int] = None, solver: Union[str, Solver, None] = None):
         dit = model.code2wav_dit_model
         if dit.cfg.repeats != MEL_REPEATS:
             raise ValueError(f"streaming needs a 50 Hz codec ({MEL_REPEATS} mel frames per code); "
                              f"this DiT repeats codes {dit.cfg.repeats}x")
-        if steps < 2:
-            raise ValueError(f"steps must be >= 2 (time points from 0 to 1), got {steps}")
-        self.model, self.steps, self.guidance = model, steps, guidance
+        self.model, self.solver = model, get_solver(solver, steps, guidance)
         spk = model.voice(voice)
         self.voice = {"cond": mx.array(spk["cond"]), "ref_mel": mx.array(spk["ref_mel"])}
-        self.speaker = dit.speaker_encoding(_batch(self.voice["ref_mel"]), guidance >= MIN_GUIDANCE)
-        mx.eval(self.speaker)  # the voice's ECAPA encoding, once per utterance
+        self.speaker = model.speaker_encoding(voice, self.solver)  # kept per named voice
         block = dit.cfg.block_size
         self.chunk, self.past = CHUNK_BLOCKS * block, PAST_BLOCKS * block
         self.future = FUTURE_BLOCKS * block
@@ -77,24 +92,44 @@ class StreamingToken2Wav:
 
     @property
     def dit_calls_per_window(self) -> int:
-        return DIT_CALLS_PER_STEP * (self.steps - 1)
+        return self.solver.evaluations
 
     @property
     def frames(self) -> int:
         return MEL_REPEATS * len(self.codes)
 
+    def chunk_size(self, i: int) -> int:
+        """Mel frames in window i's chunk: the first, then doubling up to the later size, so
+        the audio already out covers the time each longer window takes."""
+        if i == 0:
+            return self.first_chunk
+        return min(self.later_chunk, max(self.first_chunk << i, self.first_chunk))
+
     def chunk_start(self, i: int) -> int:
         """The first mel frame of window i's chunk."""
-        if i == 0:
-            return 0
-        if self.later_chunk == self.chunk or self.first_chunk >= self.chunk:
-            return self.first_chunk + (i - 1) * self.later_chunk
-        # a larger chunk size is reached through one reference-size chunk
-        return self.first_chunk + (self.chunk if i >= 2 else 0) + max(0, i - 2) * self.later_chunk
+        return sum(self.chunk_size(j) for j in range(i))
 
     def push(self, codes) -> List[AudioChunk]:
         """Append codec ids; run every window whose chunk and future context are complete."""
+        return [p.result() for p in self.submit(codes)]
+
+    def finish(self) -> List[AudioChunk]:
+        """Flush: the final window keeps its tail; a short utterance is decoded in one shot."""
+        return [p.result() for p in self.submit(final=True)]
+
+    def submit(self, codes=(), final: bool = False) -> List[PendingChunk]:
+        """`push` (or with `final`, `finish`) without waiting: every complete window is queued
+        for evaluation and returned pending; `result()` waits for it. Later windows may be
+        queued before earlier ones are collected."""
         self._check_open()
+        out = self._append(codes)
+        if final:
+            self.finished = True
+            if self.codes:
+                out.append(self._one_shot() if self.window == 0 else self._run_window(True))
+        return out
+
+    def _append(self, codes) -> List[PendingChunk]:
         codes = [int(c) for c in codes]
         if codes and (min(codes) < 0 or max(codes) >= self.table):
             raise ValueError(f"codec ids must lie in [0, {self.table}), got min {min(codes)} and "
@@ -111,21 +146,11 @@ class StreamingToken2Wav:
             out.append(self._run_window(final=False))
         return out
 
-    def finish(self) -> List[AudioChunk]:
-        """Flush: the final window keeps its tail; a short utterance is decoded in one shot."""
-        self._check_open()
-        self.finished = True
-        if not self.codes:
-            return []
-        if self.window == 0:
-            return [self._one_shot()]
-        return [self._run_window(final=True)]
-
-    def _one_shot(self) -> AudioChunk:
+    def _one_shot(self) -> PendingChunk:
         audio = self.model.code2wav_bigvgan_model(self._sample(0, self.frames))[0]
         return self._emit(audio)
 
-    def _run_window(self, final: bool) -> AudioChunk:
+    def _run_window(self, final: bool) -> PendingChunk:
         start = self.chunk_start(self.window)
         end = self.frames if final else self.chunk_start(self.window + 1)
         lo, hi = max(0, start - self.past), min(end + self.future, self.frames)
@@ -137,36 +162,32 @@ class StreamingToken2Wav:
         """The DiT's mel [1, mel_dim, hi - lo] of frames [lo, hi), seeing only those frames."""
         codes = mx.array(self.codes[lo // MEL_REPEATS: hi // MEL_REPEATS])
         mel = self.model.sample_mel(codes, self.voice["cond"], self.voice["ref_mel"],
-                                    self.noise[lo:hi], self.steps, self.guidance,
-                                    speaker=self.speaker, lazy=True)
+                                    self.noise[lo:hi], speaker=self.speaker, lazy=True,
+                                    solver=self.solver)
         self.dit_calls += self.dit_calls_per_window
         return mel
 
-    def _vocode(self, mel: mx.array, final: bool) -> AudioChunk:
+    def _vocode(self, mel: mx.array, final: bool) -> PendingChunk:
         """Vocode the chunk after the previous tail; keep the audio no later window will redo."""
         context = 0 if self.tail is None else self.tail.shape[2]
         if self.tail is not None:
             mel = mx.concatenate([self.tail, mel], axis=2)  # (1, mel_dim, context + chunk)
         audio = self.model.code2wav_bigvgan_model(mel)[0]
         self.tail = mel[:, :, -2 * VOCODER_CONTEXT_FRAMES:]
-        mx.eval(audio, self.tail)
         first = max(0, context - VOCODER_CONTEXT_FRAMES) * self.hop
         last = audio.shape[0] - (0 if final else VOCODER_CONTEXT_FRAMES * self.hop)
         return self._emit(audio[first:last])
 
-    def _emit(self, audio: mx.array) -> AudioChunk:
-        chunk = (np.array(audio, dtype=np.float32), self.emitted)
-        self.emitted += chunk[0].shape[0]
+    def _emit(self, audio: mx.array) -> PendingChunk:
+        chunk = PendingChunk(audio.astype(mx.float32), self.emitted)
+        mx.async_eval(*[a for a in (chunk.audio, self.tail) if a is not None])
+        self.emitted += chunk.audio.shape[0]
         return chunk
 
     def _check_open(self):
         if self.finished:
             raise ValueError("this stream is finished; start a new StreamingToken2Wav for the "
                              "next utterance")
-
-
-def _batch(ref_mel: mx.array) -> mx.array:
-    return ref_mel[None] if ref_mel.ndim == 2 else ref_mel
 
 
 def _chunk_size(frames: Optional[int], default: int, block: int, name: str) -> int:

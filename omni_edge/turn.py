@@ -13,7 +13,8 @@ from .events import SPEECH_SAMPLE_RATE, AudioChunk, Done, Event, GenerationStats
 from .options import GenerationOptions, SpeechOptions
 from .processing.prompt import normalize_messages
 from .processing.thinker_input import Prompt, end_of_turn_ids
-from .sampling import make_repetition_penalty, make_thinker_sampler
+from .sampling import make_min_tokens, make_repetition_penalty, make_thinker_sampler
+from .speech.render import Renderer
 from .speech.talker import Lockstep, TalkerState
 from .speech.timeline import listening
 from .speech.voice import check_speech, with_speech_system_prompt
@@ -59,18 +60,26 @@ class Turn:
         eos = end_of_turn_ids(model)
         processors = ([make_repetition_penalty(opts.repetition_penalty)]
                       if opts.repetition_penalty != 1.0 else [])
+        if opts.min_tokens:
+            processors.append(make_min_tokens(eos, opts.min_tokens))
         n_tokens = min(opts.max_tokens, self.context - len(prompt.ids))
         if n_tokens < 1:
             raise ValueError(f"the conversation fills the context ({len(prompt.ids)} of "
                              f"{self.context} tokens); start a new one or raise max_context")
         capture = capture if capture is not None else ([] if opts.speak else None)
+        if opts.max_kv_size and len(prompt.new_ids) > opts.max_kv_size:
+            raise ValueError(f"this turn's prompt has {len(prompt.new_ids)} new tokens but "
+                             f"max_kv_size={opts.max_kv_size} positions; raise max_kv_size or "
+                             "send less")
+        if cache is None:
+            cache = model.thinker.make_cache(opts.max_kv_size)
         steps = generate_step(
             model, prompt.new_ids, max_tokens=n_tokens, cache=cache,
             logits_processors=processors, input_embeddings=prompt.embeds,
             prefill_step_size=opts.prefill_step_size, capture=capture,
             sampler=make_thinker_sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p),
             position_ids=prompt.positions, rope_delta=prompt.rope_delta,
-            seen_ids=prompt.ids[:prompt.cached], forced_ids=forced_ids,
+            seen_ids=prompt.ids[:prompt.cached], forced_ids=forced_ids, kv_bits=opts.kv_bits,
         )
         if fed is not None:
             steps = _recorded(steps, fed)
@@ -137,16 +146,17 @@ def text_stats(n_prompt: int, n_generated: int, start: float, first: float,
 
 
 class _Audio:
-    """The audio events of one utterance and when each arrived."""
+    """The audio events of one utterance, when each arrived and what the renderer expected."""
 
-    def __init__(self, start: float):
-        self.start, self.arrivals, self.samples = start, [], 0
+    def __init__(self, start: float, renderer: Renderer):
+        self.start, self.renderer, self.arrivals, self.samples = start, renderer, [], 0
 
     def chunks(self, pieces) -> Iterator[AudioChunk]:
         for audio, at in pieces:
-            self.arrivals.append((time.perf_counter() - self.start, at, len(audio)))
+            eta = self.renderer.eta()
+            self.arrivals.append((time.perf_counter() - self.start, at, len(audio), eta))
             self.samples += len(audio)
-            yield AudioChunk(np.asarray(audio, dtype=np.float32), at)
+            yield AudioChunk(np.asarray(audio, dtype=np.float32), at, next_in_s=eta)
 
 
 def _speak(turn: Turn, steps, capture, eos, text: ReplyText, prompt: Prompt, n_tokens: int,
@@ -155,24 +165,30 @@ def _speak(turn: Turn, steps, capture, eos, text: ReplyText, prompt: Prompt, n_t
     model, speech = turn.model, turn.speech
     lockstep = Lockstep(model, prompt.ids, prompt.placeholders, turn.speaker, speech, n_tokens,
                         prompt.media, talker)
-    vocoder = StreamingToken2Wav(model.token2wav, turn.speaker, noise=turn.options.noise,
-                                 steps=speech.token2wav_steps,
+    vocoder = StreamingToken2Wav(model.token2wav, speech.voice, noise=turn.options.noise,
+                                 steps=speech.token2wav_steps, solver=speech.solver,
                                  first_chunk_frames=speech.first_chunk_frames,
                                  chunk_frames=speech.chunk_frames)
+    renderer = Renderer(vocoder, speech.overlap)
     codes: List[int] = []
     first_code = None
-    audio = _Audio(turn.start)
-    for kind, value in lockstep.run(steps, capture, eos):
-        if kind == "text":
-            yield from text.add(value)
-        else:
-            first_code = first_code or time.perf_counter()
-            codes.append(value)
-            yield from audio.chunks(vocoder.push([value]))
-    text.finish_reason = lockstep.finish_reason
-    yield from text.flush()
-    text.end = lockstep.text_done  # Thinker tok/s counts the reply, not the speech after it
-    yield from audio.chunks(vocoder.finish())
+    audio = _Audio(turn.start, renderer)
+    try:
+        for kind, value in lockstep.run(steps, capture, eos):
+            if kind == "text":
+                yield from text.add(value)
+            else:
+                first_code = first_code or time.perf_counter()
+                codes.append(value)
+                renderer.push([value])
+            yield from audio.chunks(renderer.ready())
+        text.finish_reason = lockstep.finish_reason
+        yield from text.flush()
+        text.end = lockstep.text_done  # Thinker tok/s counts the reply, not the speech after it
+        renderer.finish()
+        yield from audio.chunks(renderer.rest())
+    finally:
+        renderer.close()
     end = time.perf_counter()
     yield Done(text.decoded(), text.ids, text.finish_reason,
                speech_stats(turn, prompt, text, codes, audio, first_code, end), codes)
@@ -184,7 +200,7 @@ def speech_stats(turn: Turn, prompt: Prompt, text: ReplyText, codes: list, audio
     stats = text_stats(len(prompt.new_ids), len(text.ids), start, text.first or text.end, text.end)
     seconds = audio.samples / SPEECH_SAMPLE_RATE
     heard = listening(audio.arrivals, SPEECH_SAMPLE_RATE)
-    first = audio.arrivals[0] if audio.arrivals else (end - start, 0, 0)
+    first = audio.arrivals[0] if audio.arrivals else (end - start, 0, 0, 0.0)
     return replace(
         stats, codec_tokens=len(codes),
         talker_tps=(len(codes) - 1) / (end - first_code) if first_code and len(codes) > 1 else 0.0,
@@ -192,4 +208,6 @@ def speech_stats(turn: Turn, prompt: Prompt, text: ReplyText, codes: list, audio
         time_to_first_audio=first[0], first_audio_seconds=first[2] / SPEECH_SAMPLE_RATE,
         real_time_factor=(end - start) / seconds if seconds else 0.0,
         glitch_free_start_s=heard.glitch_free_start_s, stalls=heard.stalls,
-        stall_s=heard.stall_s, peak_memory_gb=mx.get_peak_memory() / 1e9)
+        stall_s=heard.stall_s, player_start_s=heard.player_start_s,
+        player_stalls=heard.player_stalls, player_stall_s=heard.player_stall_s,
+        peak_memory_gb=mx.get_peak_memory() / 1e9)

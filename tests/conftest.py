@@ -50,3 +50,14 @@ def pytest_sessionfinish(session, exitstatus):
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped, which CI counts as failures: "
                             + "; ".join(reasons), red=True)
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory):
+    """The demo checkpoint (tiny random weights, published layout) converted to MLX float32."""
+    from omni_edge.convert.mlx import convert
+    from omni_edge.demo.checkpoint import write_demo_checkpoint
+
+    root = tmp_path_factory.mktemp("demo_model")
+    write_demo_checkpoint(root / "hf")
+    return str(convert(str(root / "hf"), str(root / "mlx"), dtype="float32"))

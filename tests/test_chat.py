@@ -113,11 +113,12 @@ def test_parse_line():
 class RecordingPlayer:
     made = []
 
-    def __init__(self, sample_rate):
-        self.chunks, self.closed = [], False
+    def __init__(self, sample_rate, jitter_ms):
+        self.chunks, self.closed, self.underruns = [], False, 0
         RecordingPlayer.made.append(self)
 
-    def write(self, chunk):
+    def write(self, chunk, ahead_s=None):
+        assert ahead_s is not None and ahead_s >= 0  # the renderer's estimate reaches the player
         self.chunks.append(np.array(chunk))
 
     def close(self, wait=True):
@@ -129,8 +130,9 @@ def chat_args(model_dir, save=None, **kw):
                 jitter_ms=150, voice="Chelsie", talker_temp=0.9, talker_top_k=40, talker_top_p=0.8,
                 talker_repetition_penalty=1.05, max_codec_tokens=30, first_chunk_frames=None,
                 chunk_frames=None, dit_dtype="float32",
-                token2wav_steps=10, max_tokens=4, temp=0.0, top_p=1.0, top_k=0, min_p=0.0,
-                repetition_penalty=1.0, seed=0, max_context=None, truncate=False)
+                token2wav_steps=None, solver="reference", no_overlap=False, max_tokens=4, temp=0.0, top_p=1.0, top_k=0, min_p=0.0,
+                repetition_penalty=1.0, seed=0, max_context=None, truncate=False,
+                max_kv_size=None, kv_bits=None)
     return Namespace(**{**base, **kw})
 
 
@@ -287,3 +289,24 @@ def test_unknown_options_name_the_valid_ones(model):
         list(stream(model, "hi", max_token=3))
     # talker sampling is a ChatSession option now (it used to be rejected)
     assert ChatSession(model, speak=True, talker_temperature=0.0).speech.talker_temperature == 0.0
+
+
+def test_kv_cache_options(model):
+    """A rotating cache keeps the session going past its size; a quantized one is refused
+    clearly on heads too narrow to quantize (the demo's are 16 wide); bad values fail."""
+    from omni_edge import generate, stream
+
+    with pytest.raises(ValueError, match="16.*leave kv_bits unset"):
+        generate(model, "Count to five.", max_tokens=6, kv_bits=8)
+    rotating = ChatSession(model, max_tokens=4, max_kv_size=160)
+    for i in range(8):
+        assert reply_ids(rotating.send(f"Turn {i}, a few more words here."))
+        assert rotating.cache[0].offset == len(rotating.ids) < 160
+    assert rotating.dropped_turns > 0
+    with pytest.raises(ValueError, match="max_kv_size=16"):
+        list(stream(model, "a fairly long message " * 4, max_kv_size=16))
+    with pytest.raises(ValueError, match="kv_bits"):
+        ChatSession(model, kv_bits=3)
+    # one long reply through a rotating cache: it keeps generating past its size
+    long = generate(model, "Hi", max_tokens=90, min_tokens=90, max_kv_size=64)
+    assert len(long.token_ids) == 90

@@ -160,11 +160,11 @@ def test_sampler_matches_reference_from_the_same_noise(case):
     assert rel(case.noise.T[None], expected) > 0.1  # the sampler moved far from its noise
 
 
-def _rope_on_all_heads(monkeypatch):
+def _rope_on_all_heads(monkeypatch, dit):
     monkeypatch.setattr(dit_module.Attention, "rotate", staticmethod(lambda x, rope: rope(x)))
 
 
-def _half_split_rope(monkeypatch):
+def _half_split_rope(monkeypatch, dit):
     def rotate(self, x):
         periods = 1.0 / self.inv_freq.astype(mx.float32)
         return mx.fast.rope(x, x.shape[-1], traditional=False, base=None, scale=1.0, offset=0,
@@ -173,10 +173,9 @@ def _half_split_rope(monkeypatch):
     monkeypatch.setattr(dit_module.RotaryEmbedding, "__call__", rotate)
 
 
-def _no_look_back(monkeypatch):
-    mask = dit_module.block_mask
-    monkeypatch.setattr(dit_module, "block_mask",
-                        lambda n, size, back, ahead: mask(n, size, 0, ahead))
+def _no_look_back(monkeypatch, dit):
+    for block in dit.transformer_blocks:
+        monkeypatch.setattr(block, "back", 0)
 
 
 @pytest.mark.parametrize("bug", [_rope_on_all_heads, _half_split_rope, _no_look_back],
@@ -185,7 +184,7 @@ def test_position_bugs_move_the_velocity(case, bug, monkeypatch):
     """The fixture's peaky attention makes each bug visible well above the tolerance (measured,
     3b / 7b: rope on all heads 5.9e-4 / 6.8e-4, half-split 7.5e-4 / 5.8e-4, no look-back
     6.3e-4 / 7.5e-4)."""
-    bug(monkeypatch)
+    bug(monkeypatch, case.dit)
     assert rel(case.velocity(case.dit), case.ref_velocity) > 10 * VELOCITY_TOL
 
 

@@ -220,3 +220,22 @@ def test_default_stream_is_sounddevice_output_stream(monkeypatch):
     fake.OutputStream = no_device
     with pytest.raises(PlaybackError, match="Error querying device -1.*--no-play"):
         Player()
+
+
+def test_playback_waits_for_what_the_producer_expects_to_need():
+    """With the producer expecting its next chunk in 0.4 s, 150 ms buffered is not enough:
+    playback starts once 1.25 x 0.4 s = 500 ms is queued, never below the floor."""
+    player, stream = make_player(jitter_ms=150)
+    player.write(ramp(1, 4800), ahead_s=0.4)  # 200 ms
+    assert not stream.started
+    player.write(ramp(4801, 7200), ahead_s=0.4)  # 500 ms in all
+    assert stream.started
+    assert np.array_equal(stream.pull(12000), ramp(1, 12000))
+    player, stream = make_player(jitter_ms=150)
+    player.write(ramp(1, 3600), ahead_s=0.01)  # expects little: the 150 ms floor holds
+    assert stream.started
+
+
+def test_negative_jitter_floor_is_an_error():
+    with pytest.raises(ValueError, match="jitter_ms"):
+        make_player(jitter_ms=-1)

@@ -6,7 +6,8 @@ import sys
 
 from ..convert.coreml import cli as convert_coreml
 from ..playback import PlaybackError
-from . import chat, convert, generate
+from ..server import cli as serve
+from . import bench, chat, convert, generate
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, PlaybackError)
 
@@ -27,7 +28,7 @@ def _run_demo(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omni-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (convert, convert_coreml, generate, chat):
+    for module in (convert, convert_coreml, generate, chat, bench, serve):
         module.add_parser(sub)
     _add_demo(sub)
     return parser

@@ -1,5 +1,6 @@
 """`omni-edge chat`: an interactive, multi-turn conversation that speaks while it streams."""
 
+import functools
 import shlex
 import sys
 from typing import Callable, List, Optional
@@ -78,10 +79,14 @@ def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = Non
     if wants_listen(args):  # issue 14: the microphone is the input (omni_edge/voice)
         return run_listen(args, lambda: load_model(args), session_options(args), parse_line,
                           save_wav, stdin=stdin, stdout=stdout)
+    if args.jitter_ms < 0:
+        raise ValueError(f"--jitter-ms is the least audio buffered before playback, >= 0; got "
+                         f"{args.jitter_ms}")
     play = not args.text_only and not args.no_play
-    player_factory = player_factory or Player
+    player_factory = functools.partial(player_factory or Player, sample_rate=SPEECH_SAMPLE_RATE,
+                                       jitter_ms=args.jitter_ms)
     if play:
-        player_factory(sample_rate=SPEECH_SAMPLE_RATE).close()  # fail now, with the install hint
+        player_factory().close()  # fail now, with the install hint
     model = load_model(args)
     session = ChatSession(model, system=args.system, **session_options(args))
     speech: List[np.ndarray] = []
@@ -114,7 +119,7 @@ def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = Non
 
 def _turn(session, content, stdout, player_factory, speech: list):
     """One reply: text to stdout, audio to the player and the session's recording."""
-    player = player_factory(sample_rate=SPEECH_SAMPLE_RATE) if player_factory else None
+    player = player_factory() if player_factory else None
     events = session.send(content)
     audio = []
     interrupted = False
@@ -125,13 +130,14 @@ def _turn(session, content, stdout, player_factory, speech: list):
             elif event.type == "audio":
                 audio.append(event.audio)
                 if player is not None:
-                    player.write(event.audio)
+                    player.write(event.audio, ahead_s=event.next_in_s)
             else:
                 stats = event.stats
                 line = f"[{stats.generation_tokens} tokens, {stats.generation_tps:.1f} tok/s"
                 if stats.codec_tokens:
                     line += (f"; {stats.audio_seconds:.1f} s of speech, first audio after "
-                             f"{stats.time_to_first_audio:.2f} s")
+                             f"{stats.time_to_first_audio:.2f} s, glitch-free from "
+                             f"{stats.glitch_free_start_s:.2f} s")
                 print(f"\n{line}]", file=stdout)
     except KeyboardInterrupt:
         interrupted = True
@@ -142,6 +148,8 @@ def _turn(session, content, stdout, player_factory, speech: list):
         events.close()
         if player is not None:
             player.close(wait=not interrupted)
+            if player.underruns:
+                print(f"(playback ran dry {player.underruns} time(s))", file=stdout)
     if audio:
         if speech:
             speech.append(np.zeros(int(TURN_GAP_S * SPEECH_SAMPLE_RATE), np.float32))

@@ -3,9 +3,10 @@
 
 import sys
 
+from ..models.solvers import SOLVERS
 from ..options import (CHUNK_FRAMES, DIT_DTYPES, FIRST_CHUNK_FRAMES, MAX_CODEC_TOKENS,
                        TALKER_REPETITION_PENALTY, TALKER_TEMPERATURE, TALKER_TOP_K, TALKER_TOP_P,
-                       TOKEN2WAV_STEPS, SpeechOptions)
+                       SpeechOptions)
 
 DEFAULT_MAX_TOKENS = 256
 MODEL_HELP = "converted dir, HF dir or hub repo id"
@@ -20,6 +21,9 @@ def add_generation_options(p):
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--max-context", type=int, help="context size (default: the model's)")
+    p.add_argument("--max-kv-size", type=int,
+                   help="a rotating KV cache of this many positions (bounds memory)")
+    p.add_argument("--kv-bits", type=int, choices=[4, 8], help="quantize the KV cache")
 
 
 def add_speech_options(p):
@@ -40,14 +44,20 @@ def add_speech_options(p):
     p.add_argument("--dit-dtype", choices=DIT_DTYPES,
                    help="the Token2Wav DiT's compute type (default: as converted; bfloat16 is "
                         "~2.5x faster per window on an H100 and drifts ~0.1%% from float32)")
-    p.add_argument("--token2wav-steps", type=int, default=TOKEN2WAV_STEPS,
-                   help="ODE time points per audio window (10 = the reference; fewer is faster)")
+    p.add_argument("--solver", default="reference", choices=list(SOLVERS),
+                   help="Token2Wav's ODE solver preset (reference: RK4 on 10 time points, "
+                        "guided every evaluation; fast: midpoint on 6; see README)")
+    p.add_argument("--token2wav-steps", type=int,
+                   help="override the solver's ODE time points (fewer is faster)")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="render each audio window in line (decoding waits for it)")
 
 
 def generation_options(args) -> dict:
     return dict(max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p,
                 top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                seed=args.seed, max_context=args.max_context)
+                seed=args.seed, max_context=args.max_context, max_kv_size=args.max_kv_size,
+                kv_bits=args.kv_bits)
 
 
 def speech_options(args) -> SpeechOptions:
@@ -55,8 +65,8 @@ def speech_options(args) -> SpeechOptions:
         voice=args.voice, talker_temperature=args.talker_temp, talker_top_k=args.talker_top_k,
         talker_top_p=args.talker_top_p, talker_repetition_penalty=args.talker_repetition_penalty,
         max_codec_tokens=args.max_codec_tokens, first_chunk_frames=args.first_chunk_frames,
-        chunk_frames=args.chunk_frames, token2wav_steps=args.token2wav_steps,
-        dit_dtype=args.dit_dtype)
+        chunk_frames=args.chunk_frames, solver=args.solver, token2wav_steps=args.token2wav_steps,
+        dit_dtype=args.dit_dtype, overlap=not args.no_overlap)
 
 
 def load_model(args):

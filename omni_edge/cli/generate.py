@@ -20,6 +20,10 @@ def add_parser(sub):
                    help="also listen to each video's sound track")
     p.add_argument("--system", help="system prompt (default: the chat template's)")
     p.add_argument("--speak", metavar="OUT.wav", help="also speak the reply into this 24 kHz wav")
+    p.add_argument("--play", action="store_true",
+                   help="also play the speech as it streams (needs omni-edge[voice])")
+    p.add_argument("--jitter-ms", type=float, default=150,
+                   help="the least audio buffered before playback starts (with --play)")
     p.add_argument("--truncate", action="store_true",
                    help="drop the oldest prompt tokens instead of failing on an over-long prompt")
     add_speech_options(p)
@@ -44,22 +48,38 @@ def run(args):
     from ..generate import stream
     from ..wavfile import save_wav
 
+    if args.play and not args.speak:
+        raise ValueError("--play plays the speech: add --speak OUT.wav")
+    if args.jitter_ms < 0:
+        raise ValueError(f"--jitter-ms must be >= 0, got {args.jitter_ms}")
     messages = [{"role": "user", "content": user_content(args)}]
     if args.system:
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": args.system}]})
     speech = speech_options(args)
+    player = None
+    if args.play:  # open the sound card first: if it can't play, say so before the slow part
+        from ..playback import Player
+
+        player = Player(jitter_ms=args.jitter_ms)
     model = load_model(args)
     options = dict(generation_options(args), truncate=args.truncate,
                    use_audio_in_video=args.use_audio_in_video, speak=bool(args.speak))
     audio = []
-    for event in stream(model, messages, speech=speech, **options):
-        if event.type == "text":
-            print(event.text, end="", flush=True)
-        elif event.type == "audio":
-            audio.append(event.audio)
-        else:
-            print()
-            print_stats(event.stats)
+    try:
+        for event in stream(model, messages, speech=speech, **options):
+            if event.type == "text":
+                print(event.text, end="", flush=True)
+            elif event.type == "audio":
+                audio.append(event.audio)
+                if player is not None:
+                    player.write(event.audio, ahead_s=event.next_in_s)
+            else:
+                print()
+                print_stats(event.stats)
+    finally:
+        if player is not None:
+            player.close()
+            print(f"Playback: {player.underruns} underrun(s)")
     if args.speak:
         save_wav(args.speak, audio)
         print(f"Speech written to {args.speak}")

@@ -1,10 +1,10 @@
 """The Token2Wav flow-matching DiT (`token2wav.code2wav_dit_model`): codec codes + a voice →
-mel-spectrogram velocity, and the RK4 sampler that integrates it from noise to a mel."""
+mel-spectrogram velocity, and the sampler that integrates it from noise to a mel (solvers.py)."""
 
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -12,17 +12,20 @@ import numpy as np
 
 from ..config import DiTConfig
 from .ecapa import ECAPA
+from .solvers import Solver, get_solver, increment, time_grid
 
 FREQ_EMBED_DIM = 256
 TIME_SCALE = 1000.0
 MAX_PERIOD = 10000.0
 LAYER_NORM_EPS = 1e-6
-# Below this guidance the sampler skips the unconditional batch row, as the reference does.
-MIN_GUIDANCE = 1e-5
+MAX_CACHED_MASKS = 48  # per DiT: a streaming utterance uses 2-4 lengths, 3 reaches each
 
 
 def gelu_tanh(x: mx.array) -> mx.array:
-    return 0.5 * x * (1.0 + mx.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    """In float32: x**3 overflows float16 from |x| = 40."""
+    y = x.astype(mx.float32)
+    y = 0.5 * y * (1.0 + mx.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * y**3)))
+    return y.astype(x.dtype)
 
 
 def layer_norm(x: mx.array) -> mx.array:
@@ -48,6 +51,12 @@ def _block_mask(n: int, block_size: int, back: int, ahead: int) -> np.ndarray:
     return (diff >= -back) & (diff <= ahead)
 
 
+@lru_cache(maxsize=4)
+def _time_freqs(half: int) -> np.ndarray:
+    freqs = np.exp(np.arange(half, dtype=np.float32) * np.float32(-math.log(MAX_PERIOD) / (half - 1)))
+    return freqs.astype(np.float32)
+
+
 class TimestepEmbedding(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
@@ -55,8 +64,7 @@ class TimestepEmbedding(nn.Module):
 
     def __call__(self, t: mx.array, dtype) -> mx.array:
         """t [B] in [0, 1] → [B, dim]; the sinusoid is computed in float32."""
-        half = FREQ_EMBED_DIM // 2
-        freqs = mx.exp(mx.arange(half, dtype=mx.float32) * -(math.log(MAX_PERIOD) / (half - 1)))
+        freqs = mx.array(_time_freqs(FREQ_EMBED_DIM // 2))  # a constant: no kernels per call
         angles = (TIME_SCALE * t.astype(mx.float32))[:, None] * freqs[None]  # (B, half)
         h = mx.concatenate([mx.sin(angles), mx.cos(angles)], axis=-1).astype(dtype)
         for layer in self.time_mlp:
@@ -155,19 +163,22 @@ class DiTBlock(nn.Module):
         self.attn = Attention(cfg)
         self.ff = FeedForward(cfg.hidden_size, cfg.ff_mult)
 
-    def __call__(self, h, temb, rope, block_size: int):
+    def __call__(self, h, temb, rope, mask: mx.array):
+        """mask: `block_mask` of h's length with this block's reach (built once per length)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(temb)
-        mask = block_mask(h.shape[1], block_size, self.back, self.ahead)
         h = h + gate_msa * self.attn(layer_norm(h) * (1 + scale_msa) + shift_msa, rope, mask)
         return h + gate_mlp * self.ff(layer_norm(h) * (1 + scale_mlp) + shift_mlp)
 
 
-class CompiledFunctions:
-    """Compiled functions kept by a module; it lives and dies with its module (a global cache
-    keyed by id() would keep every DiT ever built alive)."""
+class Memo:
+    """Work kept by a module (compiled functions, masks per length); it lives and dies with its
+    module (a global cache keyed by id() would keep every DiT ever built alive). A plain object,
+    so MLX does not take it for a child module or a parameter."""
 
     def __init__(self):
         self.functions = {}
+        self.masks = {}
+        self.speakers = {}
 
 
 @dataclass
@@ -193,7 +204,7 @@ class DiT(nn.Module):
         ]
         self.norm_out = AdaLayerNormZero(cfg.hidden_size, 2)
         self.proj_out = nn.Linear(cfg.hidden_size, cfg.mel_dim)
-        self._rhs = CompiledFunctions()  # a plain attribute: not a child module or parameter
+        self._memo = Memo()
 
     @property
     def dtype(self):
@@ -250,13 +261,23 @@ class DiT(nn.Module):
         temb = self.time_embed(t, self.dtype)  # (B' or 1, hidden)
         h = self.input_embed.proj(mx.concatenate([x, cond.features], axis=-1))  # (B', N, hidden)
         for block in self.transformer_blocks:
-            h = block(h, temb, self.rotary_embed, self.cfg.block_size)
+            mask = self.mask(h.shape[1], block.back, block.ahead)
+            h = block(h, temb, self.rotary_embed, mask)
         scale, shift = self.norm_out(temb)  # the final norm is scale-first
         return self.proj_out(layer_norm(h) * (1 + scale) + shift)
 
     def __call__(self, x, t, codes, spk_cond, ref_mel, apply_cfg: bool = True) -> mx.array:
         """One forward pass: the velocity [2B (CFG) or B, N, mel_dim] (conditional rows first)."""
         return self.velocity(x, t, self.conditions(codes, spk_cond, ref_mel, apply_cfg))
+
+    def mask(self, n: int, back: int, ahead: int) -> mx.array:
+        """`block_mask` for n frames, built once per length and reach, not once per block."""
+        key = (n, back, ahead)
+        if key not in self._memo.masks:
+            if len(self._memo.masks) >= MAX_CACHED_MASKS:
+                self._memo.masks.pop(next(iter(self._memo.masks)))  # the oldest
+            self._memo.masks[key] = block_mask(n, self.cfg.block_size, back, ahead)
+        return self._memo.masks[key]
 
     def guided_velocity(self, y: mx.array, t, cond: Conditions, guidance: float) -> mx.array:
         """The ODE right-hand side in float32: g + (g - u) * guidance from one batched call."""
@@ -266,62 +287,50 @@ class DiT(nn.Module):
         g, u = mx.split(v, 2)
         return g + (g - u) * guidance
 
-    def _compiled_rhs(self, apply_cfg: bool, guidance: float):
-        """`guided_velocity` compiled (fewer, fused kernels: a 72-frame window ran 35% faster
-        on an H100). The weights are compile inputs, so later `update`/`set_dtype` is seen."""
-        key = (apply_cfg, float(guidance))
-        if key not in self._rhs.functions:
-            def rhs(y, t, features):
-                return self.guided_velocity(y, t, Conditions(features, apply_cfg), guidance)
+    def _compiled_step(self, method: str, guided: bool, guidance: float):
+        """One whole solver interval (its 1-4 DiT evaluations and their combination) compiled
+        into one graph: fewer, fused kernels. The weights are compile inputs, so a later
+        `update`/`set_dtype` is seen. `features` are the guided (2B-row) conditions; an unguided
+        interval reads their conditional half."""
+        key = (method, guided, float(guidance))
+        if key not in self._memo.functions:
+            def step(y, t0, t1, features):
+                if not guided:
+                    features = features[: y.shape[0]]
+                cond = Conditions(features, guided)
+                f = lambda t, x: self.guided_velocity(x, t, cond, guidance)  # noqa: E731
+                return y + increment(method, f, t0, t1, y)
 
-            self._rhs.functions[key] = mx.compile(rhs, inputs=self.state)
-        return self._rhs.functions[key]
+            self._memo.functions[key] = mx.compile(step, inputs=self.state)
+        return self._memo.functions[key]
 
-    def sample(self, codes, spk_cond, ref_mel, noise: Optional[mx.array] = None, steps: int = 10,
-               guidance: float = 0.5, sway: float = -1.0, speaker: Optional[mx.array] = None,
-               lazy: bool = False) -> mx.array:
-        """Integrate from noise [B, N, mel_dim] (N = M * repeats) to a mel [B, mel_dim, N]
-        with the RK4 3/8 rule on a swayed time grid, as the reference `sample`.
+    def sample(self, codes, spk_cond, ref_mel, noise: Optional[mx.array] = None,
+               steps: Optional[int] = None, guidance: Optional[float] = None,
+               sway: Optional[float] = None, speaker: Optional[mx.array] = None,
+               lazy: bool = False, solver: Union[str, Solver, None] = None) -> mx.array:
+        """Integrate from noise [B, N, mel_dim] (N = M * repeats) to a mel [B, mel_dim, N] with
+        `solver` (a preset name or a `Solver`; default the reference: the RK4 3/8 rule on 10
+        swayed time points, guided throughout). `steps`, `guidance` and `sway` override the
+        solver's own.
 
         `speaker` is `speaker_encoding(ref_mel)` when the caller has it. By default each step
         is evaluated as it is built (small graphs); `lazy` returns the whole integration as one
         unevaluated graph, for a caller that schedules it (a streaming window)."""
+        solver = get_solver(solver, steps, guidance)
         codes, spk_cond, ref_mel = _batched(codes, spk_cond, ref_mel, self.cfg.mel_dim)
         shape = (codes.shape[0], codes.shape[1] * self.cfg.repeats, self.cfg.mel_dim)
         y = _initial_noise(noise, shape)
-        cond = self.conditions(codes, spk_cond, ref_mel, guidance >= MIN_GUIDANCE, speaker)
+        any_cfg = any(solver.guided(i) for i in range(solver.intervals))
+        cond = self.conditions(codes, spk_cond, ref_mel, any_cfg, speaker)
         if not lazy:
             mx.eval(cond.features)
-
-        rhs = self._compiled_rhs(cond.apply_cfg, guidance)
-
-        def f(t, y):
-            return rhs(y, t, cond.features)
-
-        times = time_grid(steps, sway)
-        for i in range(steps - 1):
-            y = y + rk4_step(f, times[i], times[i + 1], y)
+        times = time_grid(solver.steps, solver.sway if sway is None else sway)
+        for i in range(solver.intervals):
+            step = self._compiled_step(solver.method, solver.guided(i), solver.guidance)
+            y = step(y, times[i], times[i + 1], cond.features)
             if not lazy:
                 mx.eval(y)  # one small graph per step
         return y.transpose(0, 2, 1)
-
-
-def time_grid(steps: int, sway: Optional[float]) -> list:
-    """`steps` float32 times from 0 to 1, bent towards 0 by `sway` (-1 gives 1 - cos(πt/2))."""
-    t = mx.linspace(0, 1, steps, dtype=mx.float32)
-    if sway is not None:
-        t = t + sway * (mx.cos(math.pi / 2 * t) - 1 + t)
-    return [t[i] for i in range(steps)]
-
-
-def rk4_step(f, t0: mx.array, t1: mx.array, y: mx.array) -> mx.array:
-    """The increment of one Runge–Kutta 3/8-rule step from t0 to t1."""
-    dt = t1 - t0
-    k1 = f(t0, y)
-    k2 = f(t0 + dt * (1 / 3), y + dt * k1 * (1 / 3))
-    k3 = f(t0 + dt * (2 / 3), y + dt * (k2 - k1 * (1 / 3)))
-    k4 = f(t1, y + dt * (k1 - k2 + k3))
-    return (k1 + 3 * (k2 + k3) + k4) * dt / 8
 
 
 def _batched(codes, spk_cond, ref_mel, mel_dim: int) -> Tuple[mx.array, mx.array, mx.array]:

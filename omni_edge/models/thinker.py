@@ -4,7 +4,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, RotatingKVCache
 
 from ..config import ThinkerConfig
 from .audio_encoder import AudioEncoder
@@ -39,7 +39,11 @@ class Thinker(nn.Module):
     def layers(self):
         return self.model.layers
 
-    def make_cache(self) -> List[Any]:
+    def make_cache(self, max_kv_size: Optional[int] = None) -> List[Any]:
+        """One KV cache per layer; with `max_kv_size`, rotating ones that keep the first 4
+        positions and the last max_kv_size - 4 (mlx-lm's layout)."""
+        if max_kv_size:
+            return [RotatingKVCache(max_size=max_kv_size, keep=4) for _ in self.model.layers]
         return [KVCache() for _ in self.model.layers]
 
     def embed(self, input_ids: mx.array) -> mx.array:

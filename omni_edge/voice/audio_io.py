@@ -172,13 +172,19 @@ class SessionPlayer(Player):
         self._started = True
         self._stream.start()
 
-    def write_for(self, epoch: int, chunk: np.ndarray) -> bool:
-        """Queue `chunk` unless the reply it belongs to (`epoch`) was cut meanwhile."""
+    def begin(self):
+        """A new reply: its start waits for the jitter floor again, until its producer says."""
+        with self._lock:
+            self.need_samples = self.jitter_samples
+
+    def write_for(self, epoch: int, chunk: np.ndarray, ahead_s=None) -> bool:
+        """Queue `chunk` (`ahead_s`: see Player.write) unless the reply it belongs to
+        (`epoch`) was cut meanwhile."""
         with self._lock:
             if epoch != self.epoch:
                 return False
             self._flush = False
-        self.write(chunk)
+        self.write(chunk, ahead_s)
         return True
 
     def finish(self):
@@ -205,7 +211,7 @@ class SessionPlayer(Player):
     def _callback(self, outdata, frames, time_info, status):
         out = outdata[:, 0]
         with self._lock:
-            if not self._playing and self._queued and (self._queued >= self.jitter_samples
+            if not self._playing and self._queued and (self._queued >= self.need_samples
                                                        or self._flush or self._closed):
                 self._playing = True
             n = self._pop_into(out) if self._playing else 0

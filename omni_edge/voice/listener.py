@@ -103,6 +103,7 @@ class Reply:
 
     def run(self):
         events = None
+        self.player.begin()
         try:
             events = self.session.send(self.content)
             for event in events:
@@ -113,7 +114,7 @@ class Reply:
                     print(event.text, end="", flush=True, file=self.out)
                 elif event.type == "audio":
                     self.audio.append(event.audio)
-                    self.player.write_for(self.epoch, event.audio)
+                    self.player.write_for(self.epoch, event.audio, getattr(event, "next_in_s", None))
                 else:
                     print(file=self.out, flush=True)
         except Exception as err:  # a bad turn is reported, the session listens on

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server (`omni-edge serve`): `create_app(model)` is the FastAPI app."""
