@@ -9,9 +9,9 @@ The row splits it into:
   prefill: the reply's time to first token);
 - first audio: from the first token to the first audio chunk (Talker hand-off and the first
   Token2Wav window);
-- to sound: the rest until the first sample plays: the player waits for its jitter buffer
-  (150 ms) to fill, and the first Token2Wav window emits only ~40 ms, so this is the time of the
-  next window (plus a 32 ms input block of resolution);
+- to sound: the rest until the first sample plays: the player waits for its jitter floor
+  (150 ms), longer when the renderer's `next_in_s` says the next window is far, so playback
+  never stalls (plus a 32 ms input block of resolution);
 - glitch-free total: hangover + the reply's `glitch_free_start_s` (speech/timeline.py: the
   earliest playback start from the turn that never runs dry), what a player that waits just
   long enough would give.
