@@ -77,5 +77,6 @@ def test_ask_about_a_broken_image_says_why(model_dir, tmp_path):
 
 
 def test_every_example_is_tested():
-    tested = {"spoken_question.py", "stream_to_wav.py", "ask_about_image.py"}
+    tested = {"spoken_question.py", "stream_to_wav.py", "ask_about_image.py",
+              "voice_assistant.py"}  # tests/test_voice_session.py runs it on a --mic-file
     assert {p.name for p in (ROOT / "examples").glob("*.py")} == tested

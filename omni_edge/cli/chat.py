@@ -8,6 +8,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ..events import SPEECH_SAMPLE_RATE
+from ..voice import add_listen_options, run_listen, wants_listen
 from .common import (MODEL_HELP, add_generation_options, add_speech_options, generation_options,
                      load_model, speech_options)
 
@@ -55,6 +56,7 @@ def add_parser(sub):
     p.add_argument("--save", metavar="OUT.wav", help="write all of the session's speech here")
     p.add_argument("--jitter-ms", type=float, default=150,
                    help="the least audio buffered before playback starts")
+    add_listen_options(p)  # issue 14: omni-edge chat --listen (omni_edge/voice)
     add_speech_options(p)
     add_generation_options(p)
     p.set_defaults(func=chat)
@@ -74,6 +76,9 @@ def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = Non
     from ..wavfile import save_wav
 
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if wants_listen(args):  # issue 14: the microphone is the input (omni_edge/voice)
+        return run_listen(args, lambda: load_model(args), session_options(args), parse_line,
+                          save_wav, stdin=stdin, stdout=stdout)
     if args.jitter_ms < 0:
         raise ValueError(f"--jitter-ms is the least audio buffered before playback, >= 0; got "
                          f"{args.jitter_ms}")
