@@ -15,6 +15,9 @@ from .speech.talker import TalkerState
 from .turn import Turn
 
 SAMPLES_PER_CODE = 480  # 24 kHz audio, 50 codes per second
+# Speech codes per reply token when a reply was stopped before its speech was all made: 50
+# codes a second over ~4 tokens a second of English speech.
+CODES_PER_TOKEN = 12
 # A conversation that outgrows the context drops its oldest turns until it fills at most this
 # share of it, so the next turns fit again without re-feeding the history every turn.
 REFILL_SHARE = 0.5
@@ -55,6 +58,8 @@ class ChatSession:
         self.media = MediaCache()
         self.dropped_turns = 0
         self._reply_start = None  # where the last reply begins in `ids`
+        self._reply_codes = None  # how many codes its whole speech had, once it finished
+        self._reply: List[int] = []
 
     @property
     def speak(self) -> bool:
@@ -72,22 +77,33 @@ class ChatSession:
         prompt = build_prompt(self.model, inputs, len(self.ids))
         capture = ([self.rows] if self.rows else []) if self.speak else None
         fed: List[int] = []
+        self._reply_codes = None
         try:
-            yield from turn.run(prompt, self.cache, capture, fed, self.talker)
+            for event in turn.run(prompt, self.cache, capture, fed, self.talker):
+                if event.type == "done":
+                    self._reply_codes = len(event.codec_ids)
+                yield event
         finally:
             self._remember(messages, prompt.ids, fed, capture)
 
     def keep_heard(self, samples: int):
         """After a spoken reply was cut off (barge-in), keep of it only what the first
-        `samples` samples (24 kHz) of its speech said: codes played → reply tokens spoken
-        (the Talker's code j reads reply token j + 1). The caches are trimmed to match."""
+        `samples` samples (24 kHz) of its speech said. The speech covers the reply evenly, so
+        the codes played, as a share of the reply's codes, give the share of its tokens
+        spoken; a reply stopped before its speech was all made uses CODES_PER_TOKEN. The
+        caches are trimmed to match."""
         if self._reply_start is None or not self.messages or self.messages[-1]["role"] != "assistant":
             raise ValueError("keep_heard() needs a finished or stopped reply to cut")
         if samples < 0:
             raise ValueError(f"samples must be >= 0, got {samples}")
-        reply = self.ids[self._reply_start:]
-        spoken = reply[:samples // SAMPLES_PER_CODE]
-        self._trim(self._reply_start + len(spoken))
+        reply = self._reply  # as generated (the cache holds all but the last)
+        played = samples // SAMPLES_PER_CODE
+        if self._reply_codes:
+            n = len(reply) * min(played, self._reply_codes) // self._reply_codes
+        else:
+            n = played // CODES_PER_TOKEN
+        spoken = reply[:n]
+        self._trim(min(self._reply_start + len(spoken), len(self.ids)))
         text = self.model.processor.tokenizer.decode(spoken)
         self.messages[-1] = {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
@@ -155,6 +171,7 @@ class ChatSession:
             self.ids = self.ids[:keep]
             if self.rows is not None:
                 self.rows = (self.rows[0][:keep], self.rows[1][:keep])
+                mx.eval(self.rows)  # no lazy slice is left for another thread's stream
         if self.talker is not None:
             self.talker.trim(min(self.talker.reusable(self.ids), self.talker.cache[0].offset))
 
@@ -172,6 +189,7 @@ class ChatSession:
             self.rows = rows
         eos = end_of_turn_ids(self.model)
         reply = [t for t in fed if t not in eos]
+        self._reply = reply
         if fed and fed[-1] in eos or reply:
             text = self.model.processor.tokenizer.decode(reply)
             self.messages = messages + [

@@ -157,9 +157,10 @@ def dit_eval(model, frames: int, cfg: bool = True, materialize: bool = False):
     width = c.enc_dim + c.emb_dim + c.enc_emb_dim
     y = zeros((1, frames, c.mel_dim), mx.float32, materialize)
     features = zeros((2 if cfg else 1, frames, width), dit.dtype, materialize)
-    t = mx.array(0.5, dtype=mx.float32)
-    rhs = dit._compiled_rhs(cfg, 0.5)  # the sampler's own compiled right-hand side
-    return (lambda: rhs(y, t, features)), True
+    t0, t1 = mx.array(0.5, dtype=mx.float32), mx.array(0.6, dtype=mx.float32)
+    # the sampler's own compiled interval, Euler: exactly one (guided) DiT evaluation
+    step = dit._compiled_step("euler", cfg, 0.5)
+    return (lambda: step(y, t0, t1, features)), True
 
 
 def bigvgan_window(model, frames: int, materialize: bool = False):

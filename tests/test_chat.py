@@ -249,11 +249,13 @@ def test_talker_cache_is_reused_across_spoken_turns(model, monkeypatch):
 
 
 def test_keep_heard_cuts_the_reply_to_what_was_spoken(model):
-    session = ChatSession(model, max_tokens=10, speak=True, max_codec_tokens=40, seed=0)
+    session = ChatSession(model, max_tokens=10, min_tokens=10, speak=True, max_codec_tokens=40,
+                          min_codec_tokens=40, seed=0)
     events = list(session.send("Tell me about rivers."))
     reply = events[-1].token_ids
+    assert len(reply) == 10 and len(events[-1].codec_ids) == 40
     start = session._reply_start
-    session.keep_heard(3 * SAMPLES_PER_CODE + 100)  # three codes were played
+    session.keep_heard(13 * SAMPLES_PER_CODE + 100)  # 13 of 40 codes played: 3 of 10 tokens
     assert session.ids == session.ids[:start] + reply[:3] and len(session.ids) == start + 3
     assert session.cache[0].offset == len(session.ids) == session.rows[0].shape[0]
     text = session.messages[-1]["content"][0]["text"]
