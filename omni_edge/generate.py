@@ -280,6 +280,7 @@ def end_of_turn_ids(model) -> set:
 def check_speech(model, voice: str) -> dict:
     if getattr(model, "talker", None) is None:
         raise SpeechError(
+            getattr(model, "speech_error", None) or  # memory hook: load(speech=False)
             "this model has no Talker/Token2Wav (a thinker-only checkpoint, or converted with "
             "enable_audio_output false), so it cannot speak; convert the full Qwen2.5-Omni repo")
     if voice not in model.voices:
