@@ -174,7 +174,7 @@ def _write_weights(src, out, config, *, dtype, plan: Plan, group_size, converted
     seen, encoder = set(), {}
     shards = weight_shards(src)
     bar = tqdm(total=sum(len(names) for _, names in shards), unit="tensor", desc="converting",
-               disable=not progress, leave=False)
+               disable=not progress)
     for path, names in shards:
         arrays = mx.load(str(path))  # lazy: each tensor is read when evaluated
         for key in names:

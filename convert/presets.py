@@ -12,8 +12,8 @@ FLAG = {THINKER: "--q-bits", AUDIO: "--audio-bits", VISION: "--vision-bits",
         TALKER: "--talker-bits", TOKEN2WAV: "--token2wav-bits"}
 Q_BITS = (4, 8)
 FLOAT_BITS = (0, 16)  # keep the component in float
-# Token2Wav quantizes only its DiT's transformer blocks, and only to 8 bits: the mel it renders
-# is what is heard, and 4 bits moved it 10x more than 8 on the fixtures.
+# Token2Wav quantizes only its DiT's transformer blocks (72% of its weights), and only to 8 bits:
+# the mel it renders is what is heard, and no measurement on real weights backs 4 bits.
 TOKEN2WAV_BITS = (8,)
 TOKEN2WAV_DTYPES = ("float32", "float16", "bfloat16")
 
