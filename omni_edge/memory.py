@@ -1,6 +1,7 @@
 """How much memory a model needs and the machine has, and the wired-memory limit around a turn."""
 
 import os
+import sys
 from contextlib import contextmanager
 from typing import Dict, Iterable, Optional
 
@@ -8,8 +9,8 @@ import mlx.core as mx
 from mlx.utils import tree_reduce
 
 GB = 1e9
-# What a turn needs beyond the weights (KV cache, activations, one Token2Wav window): measured
-# at 0.9 GB for a 3B spoken turn with a 10 s question (benchmarks/pipeline_memory.py).
+# What a turn needs beyond the weights (KV cache, activations, one Token2Wav window): an upper
+# estimate for a short spoken turn; benchmarks/pipeline_memory.py measures the real one.
 RUNTIME_HEADROOM = 1.0 * GB
 LIMIT_ENV = "OMNI_EDGE_MEMORY_LIMIT_GB"
 
@@ -73,7 +74,12 @@ def wired_limit(model=None, streams: Optional[Iterable] = None):
     activations are not kept into the next. Pass the generation `streams` to wait for them."""
     old = None
     if mx.metal.is_available():
-        old = mx.set_wired_limit(mx.device_info()["max_recommended_working_set_size"])
+        limit = mx.device_info()["max_recommended_working_set_size"]
+        if model is not None and model_bytes(model) > 0.9 * limit:
+            print(f"[omni-edge] warning: the model's {_gb(model_bytes(model))} are close to the "
+                  f"{_gb(limit)} Metal can keep resident; expect swapping. A smaller preset "
+                  "(omni-edge convert --preset q4-small) fits better.", file=sys.stderr)
+        old = mx.set_wired_limit(limit)
     try:
         yield
     finally:

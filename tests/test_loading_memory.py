@@ -9,7 +9,6 @@ from mlx.utils import tree_flatten
 import numpy as np
 import pytest
 
-import omni_edge
 from omni_edge import generate, load
 from omni_edge.convert.mlx import convert
 from omni_edge.demo.checkpoint import write_demo_checkpoint
@@ -130,6 +129,18 @@ def test_wired_limit_sets_and_restores_on_metal_and_frees_the_cache(monkeypatch)
             raise RuntimeError("a turn that fails")
     assert calls == [123, 7]  # set, then restored even though the turn failed
     assert mx.get_cache_memory() == 0
+
+
+def test_wired_limit_warns_when_the_model_is_near_the_limit(monkeypatch, capsys):
+    monkeypatch.setattr(mx.metal, "is_available", lambda: True)
+    monkeypatch.setattr(mx, "device_info", lambda: {"max_recommended_working_set_size": 10_000})
+    monkeypatch.setattr(mx, "set_wired_limit", lambda n: 0)
+    with wired_limit(nn.Linear(64, 64)):  # 16.6 kB of weights
+        pass
+    assert "close to the 0.00 GB Metal can keep resident" in capsys.readouterr().err
+    with wired_limit(nn.Linear(4, 4)):
+        pass
+    assert capsys.readouterr().err == ""
 
 
 def test_wired_limit_off_metal_only_frees_the_cache(monkeypatch):
