@@ -163,3 +163,14 @@ def test_progress_bar_counts_tensors(fixture_3b, tmp_path, capsys):
     err = capsys.readouterr().err
     n = len(json.loads((fixture_3b / "model.safetensors.index.json").read_text())["weight_map"])
     assert f"{n}/{n}" in err and "tensor" in err
+
+
+def test_a_model_converted_without_encodings_loads_its_ecapa(converted, tmp_path):
+    import shutil
+
+    old = shutil.copytree(converted["ref"], tmp_path / "old")
+    (old / "speaker_encodings.safetensors").unlink()
+    dit = load(str(old)).token2wav.code2wav_dit_model
+    assert type(dit.input_embed.spk_encoder).__name__ == "ECAPA"
+    mel = mx.array(load(str(converted["ref"])).voices["Chelsie"]["ref_mel"])
+    assert dit.speaker_encoding(mel + 1).shape[0] == 2  # any voice, as before
