@@ -239,6 +239,9 @@ def main():
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--work", type=Path, help="folder for the checkpoints (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the converted models")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the random checkpoint in --work, and reuse it (appending to --out) "
+                         "when it is there: a run split over several commands")
     ap.add_argument("--convert-only", action="store_true", help="measure the conversions only")
     ap.add_argument("--chat-turns", type=int, default=CHAT_TURNS)
     ap.add_argument("--text-tokens", type=int, default=TEXT_TOKENS)
@@ -265,12 +268,16 @@ def main():
 
     work = a.work or Path(tempfile.mkdtemp(prefix="omni-bench-"))
     hf = work / f"hf-{a.size}"
-    if hf.exists():
-        shutil.rmtree(hf)
+    earlier = json.loads(a.out.read_text()) if a.reuse and a.out and a.out.is_file() else None
+    if a.reuse and (hf / "model.safetensors.index.json").is_file() and earlier:
+        checkpoint = earlier["checkpoint"]  # a run split in parts (one command's time limit)
+    else:
+        shutil.rmtree(hf, ignore_errors=True)
+        checkpoint, earlier = write_checkpoint(a.size, hf), None
     result = {"device": a.device_name or str(mx.default_device()), "size": a.size,
               "workload": {"audio_in_s": a.clip_seconds, "text_tokens": a.text_tokens,
                            "codec_tokens": a.codes, "chat_turns": a.chat_turns},
-              "checkpoint": write_checkpoint(a.size, hf), "presets": []}
+              "checkpoint": checkpoint, "presets": earlier["presets"] if earlier else []}
     print(f"checkpoint: {json.dumps(result['checkpoint'])}", flush=True)
     clip = work / "question.wav"
     t = np.arange(int(16000 * a.clip_seconds)) / 16000
@@ -306,7 +313,8 @@ def main():
             a.out.write_text(json.dumps(result, indent=2))
         if not a.keep:
             shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(hf, ignore_errors=True)
+    if not a.reuse:
+        shutil.rmtree(hf, ignore_errors=True)
     table(result)
 
 
