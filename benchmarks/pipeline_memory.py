@@ -11,6 +11,9 @@ same unified memory the RSS counts). Random weights: sizes and memory are real, 
     python benchmarks/pipeline_memory.py --size tiny                      # a quick CPU check
     python benchmarks/pipeline_memory.py --size 3b --work /tmp/omni-bench \\
         --out benchmarks/results/pipeline_memory_3b_h200.json
+    # a run longer than one command may take: the same --work and --out, --reuse, in parts
+    python benchmarks/pipeline_memory.py --size 7b --presets q4,q4-small --reuse ...
+    python benchmarks/pipeline_memory.py --size 7b --presets q4-min --reuse ...
 """
 
 import argparse
