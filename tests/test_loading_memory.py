@@ -63,6 +63,16 @@ def test_encoders_load_on_first_use_with_the_stored_weights(model_dir):
             th.audio_tower.parameters()))[name]), np.array(w))
 
 
+def test_a_dropped_model_is_freed_at_once(model_dir):
+    import weakref
+
+    model = load(str(model_dir))
+    generate(model, AUDIO_TURN, max_tokens=2)  # one encoder loaded, one still a stand-in
+    gone = [weakref.ref(model.thinker), weakref.ref(model.thinker.model)]
+    del model  # no reference cycle: freed now, not at the next garbage collection
+    assert [ref() for ref in gone] == [None, None]
+
+
 def test_first_use_from_a_thread(model_dir):
     model = load(str(model_dir))
     expected = load(str(model_dir))

@@ -1,6 +1,7 @@
 """Composition of the Qwen2.5-Omni parts, with attribute names mirroring the checkpoint keys."""
 
 import threading
+import weakref
 from typing import Callable, Dict
 
 import mlx.core as mx
@@ -84,11 +85,15 @@ class OnDemand(nn.Module):
 
     def __init__(self, parent: nn.Module, name: str, build: Callable[[], nn.Module]):
         super().__init__()
-        # Plain attributes, not children: the stand-in holds no parameters.
-        object.__setattr__(self, "_target", (parent, name, build, threading.Lock()))
+        # Plain attributes, not children: the stand-in holds no parameters. The parent is held
+        # weakly: a cycle would keep a dropped model's memory until the garbage collector runs.
+        object.__setattr__(self, "_target", (weakref.ref(parent), name, build, threading.Lock()))
 
     def load(self) -> nn.Module:
         parent, name, build, lock = object.__getattribute__(self, "_target")
+        parent = parent()
+        if parent is None:
+            raise RuntimeError(f"the model that held {name!r} is gone")
         with lock:
             current = getattr(parent, name)
             if current is self:
