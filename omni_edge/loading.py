@@ -164,6 +164,7 @@ def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = Non
     model_dir = ensure_converted(path_or_repo, dtype, q_bits)
     raw = json.loads((model_dir / "config.json").read_text())
     config = OmniConfig.from_dict(raw, str(model_dir / "config.json"))
+    model = OmniModel(config, speech=speech)  # its `speech_error` says why it can't speak
     speech = speech and config.has_speech
     has_voices = (model_dir / "speakers.json").is_file()
     voices = load_converted_speakers(model_dir) if has_voices else {}
@@ -173,7 +174,6 @@ def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = Non
         eager, later = _parts(tensors, speech, not encodings)
         check_fits(str(path_or_repo), eager, later)
 
-    model = OmniModel(config, speech=speech)
     quantization = raw.get("quantization")
     _on_demand(model, tensors, quantization, str(path_or_repo), check_memory)
     if encodings:  # before loading: the ECAPA's random init is never evaluated
