@@ -7,20 +7,21 @@ from typing import Dict, Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
+from tqdm import tqdm
 
 from ..config import OmniConfig
+from ..models.ecapa import ECAPA
 from ..models.omni import OmniModel
 from . import speakers as speakers_io
 from .atomic import atomic_dir
 from .hub import CheckpointError, resolve_model_path, weight_shards
+from .presets import Q_BITS, Plan, resolve
 
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
-Q_BITS = (4, 8)
 Q_GROUP_SIZES = (32, 64, 128)
-MAX_SHARD_BYTES = 5 * 10**9
-# Measured defaults (README, "Quantization"): the Thinker takes the asked bits; the Talker
-# and both encoders stay at 8 bits, where their outputs keep ≤1% error; Token2Wav is float32.
-DEFAULT_COMPONENT_BITS = {"talker": 8, "thinker.audio_tower": 8, "thinker.visual": 8}
+# A shard is held in memory until written, so its size bounds the converter's peak: 2 GB keeps a
+# conversion within an 8 GB Mac (5 GB shards, mlx-lm's, peaked at 5.1 GB on a 3B q4-small).
+MAX_SHARD_BYTES = 2 * 10**9
 FORMAT_KEY = "omni_edge"
 FORMAT_VERSION = 1
 TOKENIZER_FILES = (
@@ -28,34 +29,12 @@ TOKENIZER_FILES = (
     "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja",
     "preprocessor_config.json", "generation_config.json",
 )
-SPEAKER_FILES = ("speakers.safetensors", "speakers.json")
+SPEAKER_FILES = ("speakers.safetensors", "speakers.json", speakers_io.ENCODINGS_NAME)
+SPEAKER_ENCODER = "token2wav.code2wav_dit_model.input_embed.spk_encoder."
 
 
 def is_converted(config: dict) -> bool:
     return FORMAT_KEY in config
-
-
-def component_bits(q_bits: int, talker_bits=None, audio_bits=None, vision_bits=None) -> Dict[str, int]:
-    """Bits per component; 0 or 16 keeps a component in float."""
-    bits = {"thinker": q_bits, **DEFAULT_COMPONENT_BITS}
-    for name, value in (("talker", talker_bits), ("thinker.audio_tower", audio_bits),
-                        ("thinker.visual", vision_bits)):
-        if value is not None:
-            bits[name] = value
-    for name, value in bits.items():
-        if value not in Q_BITS + (0, 16):
-            raise ValueError(f"{name} bits must be one of 4, 8 (or 0/16 for float), got {value}")
-    return bits
-
-
-def quantization_section(bits: Dict[str, int], group_size: int) -> dict:
-    return {
-        "group_size": group_size,
-        "bits": bits["thinker"],
-        "mode": "affine",
-        "components": {c: {"bits": b, "group_size": group_size} for c, b in bits.items()
-                       if b in Q_BITS},
-    }
 
 
 def quant_params(quantization: Optional[dict], key: str):
@@ -113,11 +92,12 @@ def _expected_shapes(config: OmniConfig) -> Dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in tree_flatten(OmniModel(config).parameters())}
 
 
-def _convert_tensor(key: str, w: mx.array, *, dtype, bits, group_size) -> Dict[str, mx.array]:
+def _convert_tensor(key: str, w: mx.array, *, dtype, token2wav_dtype, bits,
+                    group_size) -> Dict[str, mx.array]:
     """Cast and maybe quantize one tensor already in MLX layout."""
     if mx.issubdtype(w.dtype, mx.floating):
-        w = w.astype(mx.float32 if key.startswith("token2wav") else dtype)
-    b = bits.get(OmniModel.component(key), 0) if bits else 0
+        w = w.astype(token2wav_dtype if key.startswith("token2wav") else dtype)
+    b = bits.get(OmniModel.component(key), 0)
     if b in Q_BITS and OmniModel.is_quantizable(key, w.shape) and w.shape[-1] % group_size == 0:
         q, scales, biases = mx.quantize(w, group_size=group_size, bits=b)
         stem = key[: -len("weight")]
@@ -128,9 +108,9 @@ def _convert_tensor(key: str, w: mx.array, *, dtype, bits, group_size) -> Dict[s
 def convert(
     hf_path: str,
     mlx_path: str,
-    dtype: str = "bfloat16",
+    dtype: Optional[str] = None,
     quantize: bool = False,
-    q_bits: int = 4,
+    q_bits: Optional[int] = None,
     q_group_size: int = 64,
     talker_bits: Optional[int] = None,
     audio_bits: Optional[int] = None,
@@ -138,16 +118,25 @@ def convert(
     force: bool = False,
     revision: Optional[str] = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    preset: Optional[str] = None,
+    token2wav_dtype: Optional[str] = None,
+    token2wav_bits: Optional[int] = None,
+    progress: bool = True,
 ) -> Path:
     """Convert `hf_path` (a directory or hub repo id) into an MLX model directory `mlx_path`.
 
-    The output appears atomically: it is written to a hidden sibling directory and renamed
-    into place only when complete, so a failure never leaves a half-converted model."""
+    `preset` (see convert/presets.py: bf16, q8, q4, q4-small, q4-min) picks the bits of each
+    component and Token2Wav's float type; `quantize` alone means q4; the other arguments
+    override single components. The voices' speaker encodings are computed here, so the
+    runtime need not load the ECAPA encoder. The output appears atomically: it is written to a
+    hidden sibling directory and renamed into place only when complete."""
+    plan = resolve(preset, quantize, q_bits, talker_bits, audio_bits, vision_bits,
+                   token2wav_bits, token2wav_dtype)
+    dtype = dtype or "bfloat16"
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if q_group_size not in Q_GROUP_SIZES:
         raise ValueError(f"--q-group-size must be one of {Q_GROUP_SIZES}, got {q_group_size}")
-    bits = component_bits(q_bits, talker_bits, audio_bits, vision_bits) if quantize else None
     out = Path(mlx_path).expanduser()
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to overwrite it")
@@ -157,32 +146,42 @@ def convert(
     raw = json.loads((src / "config.json").read_text())
     config = OmniConfig.from_dict(raw, str(src / "config.json"))
     converted = is_converted(raw)
-    if converted and quantize:
+    if converted and (plan.bits or token2wav_dtype):
         raise ValueError(
             f"{src} is already an omni-edge MLX model (its weights are copied as they are); "
-            "to quantize, convert the original Hugging Face checkpoint instead"
+            "to quantize or change a preset, convert the original Hugging Face checkpoint instead"
         )
 
     with atomic_dir(out) as tmp:
-        quantization = (quantization_section(bits, q_group_size) if quantize
-                        else raw.get("quantization") if converted else None)
-        _write_weights(src, tmp, config, dtype=DTYPES[dtype], bits=bits, group_size=q_group_size,
-                       converted=converted, max_shard_bytes=max_shard_bytes)
         if converted:
-            dtype = raw[FORMAT_KEY].get("dtype", dtype)
-        _write_config(raw, tmp, dtype, quantization)
-        _copy_support_files(src, tmp, converted)
+            quantization = raw.get("quantization")
+            meta = raw[FORMAT_KEY]
+        else:
+            quantization = plan.section(q_group_size)
+            meta = {"dtype": dtype, "token2wav_dtype": plan.token2wav_dtype,
+                    **({"preset": preset} if preset else {})}
+        encoder = _write_weights(src, tmp, config, dtype=DTYPES[dtype], plan=plan,
+                                 group_size=q_group_size, converted=converted,
+                                 max_shard_bytes=max_shard_bytes, progress=progress)
+        _write_config(raw, tmp, meta, quantization)
+        _copy_support_files(src, tmp, converted, config, encoder)
     return out
 
 
-def _write_weights(src, out, config, *, dtype, bits, group_size, converted, max_shard_bytes):
+def _write_weights(src, out, config, *, dtype, plan: Plan, group_size, converted,
+                   max_shard_bytes, progress) -> Dict[str, mx.array]:
+    """Stream every tensor into `out`; returns the speaker encoder's float32 weights."""
     expected = _expected_shapes(config)
     writer = _ShardWriter(out, max_shard_bytes)
-    seen = set()
-    for path, names in weight_shards(src):
+    seen, encoder = set(), {}
+    shards = weight_shards(src)
+    bar = tqdm(total=sum(len(names) for _, names in shards), unit="tensor", desc="converting",
+               disable=not progress)
+    for path, names in shards:
         arrays = mx.load(str(path))  # lazy: each tensor is read when evaluated
         for key in names:
             w = arrays.pop(key)
+            bar.update()
             if converted:  # our own output: already in MLX layout, dtype and quantization
                 writer.add(key, w)
                 seen.add(key)
@@ -194,11 +193,16 @@ def _write_weights(src, out, config, *, dtype, bits, group_size, converted, max_
                     f"tensor {key} in {path.name} has shape {shape} but config.json implies "
                     f"{expected[key]}; the weights and config.json don't belong together"
                 )
-            for name, arr in _convert_tensor(key, w, dtype=dtype, bits=bits,
+            if key.startswith(SPEAKER_ENCODER):
+                encoder[key[len(SPEAKER_ENCODER):]] = w.astype(mx.float32)
+            for name, arr in _convert_tensor(key, w, dtype=dtype, bits=plan.bits,
+                                             token2wav_dtype=DTYPES[plan.token2wav_dtype],
                                              group_size=group_size).items():
                 writer.add(name, arr)
                 seen.add(name)
+            mx.clear_cache()  # freed source buffers would otherwise stay in MLX's cache
         del arrays
+    bar.close()
     missing = sorted(k for k in expected if k not in seen)
     if missing:
         raise CheckpointError(
@@ -206,18 +210,31 @@ def _write_weights(src, out, config, *, dtype, bits, group_size, converted, max_
             "the checkpoint is incomplete or for another model size"
         )
     writer.finish()
+    return encoder
 
 
-def _write_config(raw: dict, out: Path, dtype: str, quantization: Optional[dict]):
+def speaker_encodings(config: OmniConfig, encoder: Dict[str, mx.array], speakers: dict) -> dict:
+    """Each voice's ECAPA encoding, [2, enc_dim] float32: row 0 of its reference mel, row 1 of an
+    all-zero mel of the same length (the DiT's unconditional half), as the runtime computes them."""
+    ecapa = ECAPA(config.token2wav_config.dit_config)
+    ecapa.load_weights(list(encoder.items()), strict=True)
+    out = {}
+    for name, voice in speakers.items():
+        mel = mx.array(voice["ref_mel"], dtype=mx.float32)
+        out[name] = ecapa(mx.concatenate([mel, mx.zeros_like(mel)]))
+        mx.eval(out[name])
+    return out
+
+
+def _write_config(raw: dict, out: Path, meta: dict, quantization: Optional[dict]):
     config = {k: v for k, v in raw.items() if k not in ("quantization", FORMAT_KEY)}
     if quantization:
         config["quantization"] = quantization
-    config[FORMAT_KEY] = {"format_version": FORMAT_VERSION, "dtype": dtype,
-                          "token2wav_dtype": "float32"}
+    config[FORMAT_KEY] = {**meta, "format_version": FORMAT_VERSION}
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def _copy_support_files(src: Path, out: Path, converted: bool):
+def _copy_support_files(src: Path, out: Path, converted: bool, config: OmniConfig, encoder: dict):
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, out / name)
@@ -228,5 +245,7 @@ def _copy_support_files(src: Path, out: Path, converted: bool):
             if (src / name).is_file():
                 shutil.copy2(src / name, out / name)
     elif (src / "spk_dict.pt").is_file():
-        speakers_io.save_speakers(speakers_io.load_speakers(src / "spk_dict.pt"), out)
-
+        speakers = speakers_io.load_speakers(src / "spk_dict.pt")
+        speakers_io.save_speakers(speakers, out)
+        if config.has_speech and encoder:
+            speakers_io.save_encodings(speaker_encodings(config, encoder, speakers), out)

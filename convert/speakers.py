@@ -32,6 +32,7 @@ MEL_BINS = 80
 VOICE_KEYS = ("cond", "ref_mel", "bos_token")
 SAFETENSORS_NAME = "speakers.safetensors"
 JSON_NAME = "speakers.json"
+ENCODINGS_NAME = "speaker_encodings.safetensors"
 REDOWNLOAD = "re-download spk_dict.pt from the model repo"
 RECONVERT = "convert spk_dict.pt again with save_speakers"
 
@@ -361,3 +362,25 @@ def load_converted_speakers(model_dir) -> dict[str, dict]:
             raise SpeakerFileError(f"{json_path}: speaker {name!r} shapes disagree with {tensor_path}; "
                                    f"{RECONVERT}")
     return speakers
+
+
+def save_encodings(encodings: dict, out_dir) -> None:
+    """Write each voice's precomputed speaker encoding ([2, enc_dim] float32) for the DiT."""
+    tensors = {name: np.ascontiguousarray(np.array(enc, np.float32)) for name, enc in encodings.items()}
+    save_file(tensors, str(Path(out_dir) / ENCODINGS_NAME))
+
+
+def load_encodings(model_dir, speakers: dict) -> dict:
+    """The encodings :func:`save_encodings` wrote, or {} when the model has none (converted
+    before they existed: the runtime then loads the ECAPA encoder)."""
+    path = Path(model_dir) / ENCODINGS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # a truncated or foreign file: convert again
+        raise SpeakerFileError(f"{path} is unreadable ({exc!r}); {RECONVERT}") from exc
+    if set(tensors) != set(speakers) or any(t.ndim != 2 or t.shape[0] != 2 for t in tensors.values()):
+        raise SpeakerFileError(f"{path} does not match the voices in {JSON_NAME} "
+                               f"({sorted(tensors)} vs {sorted(speakers)}); convert the model again")
+    return tensors

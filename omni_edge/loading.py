@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -14,14 +14,17 @@ from mlx_lm.tokenizer_utils import load as load_tokenizer
 
 from .config import OmniConfig
 from .convert import hub
-from .convert.mlx import convert, is_converted, quant_params
-from .convert.speakers import load_converted_speakers
-from .models.omni import IMPLEMENTED_PREFIXES, OmniModel
+from .convert.mlx import SPEAKER_ENCODER, convert, is_converted, quant_params
+from .convert.speakers import load_converted_speakers, load_encodings
+from .memory import check_fits
+from .models.omni import OmniModel, OnDemand, SpeakerTable
 from .processing.prompt import Processor, read_chat_template
 from .speech.voice import UnknownVoiceError
 
 CACHE_ENV = "OMNI_EDGE_CACHE"
 DEFAULT_CACHE = "~/.cache/omni-edge"
+THINKER_LLM = ("thinker.model.", "thinker.lm_head.")
+ENCODERS = {"thinker.audio_tower": "audio encoder", "thinker.visual": "vision encoder"}
 
 
 class Voices(Mapping):
@@ -64,25 +67,73 @@ def ensure_converted(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optiona
     print(f"[omni-edge] converting {path_or_repo} to MLX ({target}); this happens once",
           file=sys.stderr)
     return convert(str(path_or_repo), str(target), dtype=dtype, quantize=bool(q_bits),
-                   q_bits=q_bits or 4)
+                   q_bits=q_bits or None)
 
 
-def load_weights(model: OmniModel, model_dir: Path, config: dict):
-    weights = {}
-    for path, _ in hub.weight_shards(model_dir):
-        weights.update(mx.load(str(path)))
-    weights = {k: v for k, v in weights.items() if k.startswith(IMPLEMENTED_PREFIXES)}
-    quantization = config.get("quantization")
+def _tensor_bytes(model_dir: Path) -> Dict[str, Tuple[Path, int]]:
+    """name → (shard, bytes) from the shards' headers: sizes known before reading any weight."""
+    out = {}
+    for path, names in hub.weight_shards(model_dir):
+        header = hub.safetensors_header(path)
+        for name in names:
+            start, end = header[name]["data_offsets"]
+            out[name] = (path, end - start)
+    return out
+
+
+def _read(tensors: Dict[str, Tuple[Path, int]], prefixes: Tuple[str, ...]) -> Dict[str, mx.array]:
+    """The tensors under `prefixes`, lazily mapped (a shard's other tensors are never read)."""
+    out = {}
+    for shard in sorted({path for name, (path, _) in tensors.items() if name.startswith(prefixes)}):
+        arrays = mx.load(str(shard))
+        out.update({k: v for k, v in arrays.items() if k.startswith(prefixes)})
+    return out
+
+
+def _load_into(module: nn.Module, weights: Dict[str, mx.array], prefix: str, quantization):
+    """Quantize `module` as its stored weights say (mlx-lm's rule: a layer is quantized iff its
+    `.scales` are stored), then load the weights under `prefix` into it."""
+    weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     if quantization:
-        def predicate(path, module):
+        def predicate(path, _):
             if f"{path}.scales" not in weights:
                 return False
-            bits, group_size = quant_params(quantization, f"{path}.weight")
+            bits, group_size = quant_params(quantization, f"{prefix}{path}.weight")
             return {"bits": bits, "group_size": group_size}
 
-        nn.quantize(model, class_predicate=predicate)
-    model.load_weights(list(weights.items()), strict=True)
-    mx.eval(model.parameters())
+        nn.quantize(module, class_predicate=predicate)
+    module.load_weights(list(weights.items()), strict=True)
+    mx.eval(module.parameters())
+    module.eval()
+    return module
+
+
+def _parts(tensors, speech: bool, encoder_needed: bool) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """Bytes of what loads now and what loads on first use, by part."""
+    def size(*prefixes, skip=()):
+        return sum(n for k, (_, n) in tensors.items() if k.startswith(prefixes)
+                   and not (skip and k.startswith(skip)))
+
+    eager = {"Thinker LLM": size(*THINKER_LLM)}
+    if speech:
+        eager["Talker"] = size("talker.")
+        eager["Token2Wav"] = size("token2wav.", skip=() if encoder_needed else (SPEAKER_ENCODER,))
+    return eager, {label: size(prefix + ".") for prefix, label in ENCODERS.items()}
+
+
+def _on_demand(model: OmniModel, tensors, quantization, source: str, check_memory: bool):
+    """The audio and vision encoders, loaded (and checked against memory) on first use."""
+    for prefix, label in ENCODERS.items():
+        name = prefix.split(".")[-1]
+        real = getattr(model.thinker, name)
+
+        def build(real=real, prefix=prefix, label=label):
+            if check_memory:
+                need = _parts(tensors, False, False)[1][label]
+                check_fits(f"{source}'s {label}", {label: need}, {}, in_use=mx.get_active_memory())
+            return _load_into(real, _read(tensors, (prefix + ".",)), prefix + ".", quantization)
+
+        setattr(model.thinker, name, OnDemand(model.thinker, name, build))
 
 
 def _quiet_tokenizer(model_dir: Path):
@@ -98,23 +149,45 @@ def _quiet_tokenizer(model_dir: Path):
         hf_logging.set_verbosity(level)
 
 
-def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = None) -> OmniModel:
+def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = None,
+         speech: bool = True, check_memory: bool = True, speaker_encoder: bool = False) -> OmniModel:
     """Load a Qwen2.5-Omni model. A converted omni-edge directory loads directly; a Hugging
     Face directory or repo id is converted once (to `dtype`, optionally `q_bits`-quantized)
     into the cache ($OMNI_EDGE_CACHE, default ~/.cache/omni-edge) and loaded from there.
+
+    Only what is used is loaded: `speech=False` leaves out the Talker and Token2Wav; the audio
+    and vision encoders load on their first use; the DiT's speaker encoder (ECAPA) is left out
+    when the voices' encodings were computed at conversion (`speaker_encoder=True` loads it, for
+    voices of your own). A model that can't fit this machine's memory is refused before any
+    weight is read (`check_memory=False` tries anyway).
 
     The returned model carries `.config`, `.processor` and `.voices`."""
     model_dir = ensure_converted(path_or_repo, dtype, q_bits)
     raw = json.loads((model_dir / "config.json").read_text())
     config = OmniConfig.from_dict(raw, str(model_dir / "config.json"))
-    model = OmniModel(config)
-    load_weights(model, model_dir, raw)
-    model.eval()
+    model = OmniModel(config, speech=speech)  # its `speech_error` says why it can't speak
+    speech = speech and config.has_speech
+    has_voices = (model_dir / "speakers.json").is_file()
+    voices = load_converted_speakers(model_dir) if has_voices else {}
+    encodings = load_encodings(model_dir, voices) if speech and not speaker_encoder else {}
+    tensors = _tensor_bytes(model_dir)
+    if check_memory:
+        eager, later = _parts(tensors, speech, not encodings)
+        check_fits(str(path_or_repo), eager, later)
+
+    quantization = raw.get("quantization")
+    _on_demand(model, tensors, quantization, str(path_or_repo), check_memory)
+    if encodings:  # before loading: the ECAPA's random init is never evaluated
+        model.token2wav.code2wav_dit_model.input_embed.spk_encoder = SpeakerTable(voices, encodings)
+    eager = THINKER_LLM + (("talker.", "token2wav.") if speech else ())
+    weights = _read(tensors, eager)
+    if encodings:
+        weights = {k: v for k, v in weights.items() if not k.startswith(SPEAKER_ENCODER)}
+    _load_into(model, weights, "", quantization)
     model.path = model_dir
     model.processor = Processor(_quiet_tokenizer(model_dir), read_chat_template(model_dir),
                                 model.config.thinker_config)
-    has_voices = (model_dir / "speakers.json").is_file()
-    model.voices = Voices(load_converted_speakers(model_dir) if has_voices else {})
-    if config.has_speech:
+    model.voices = Voices(voices)
+    if speech:
         model.token2wav.voices = model.voices
     return model

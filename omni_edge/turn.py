@@ -8,8 +8,9 @@ from typing import Iterator, List, Optional
 import mlx.core as mx
 import numpy as np
 
-from .decode import generate_step
+from .decode import GENERATION_STREAM, generate_step
 from .events import SPEECH_SAMPLE_RATE, AudioChunk, Done, Event, GenerationStats, TextDelta
+from .memory import wired_limit
 from .options import GenerationOptions, SpeechOptions
 from .processing.prompt import normalize_messages
 from .processing.thinker_input import Prompt, end_of_turn_ids
@@ -55,7 +56,12 @@ class Turn:
         """The reply to `prompt`. Every token the Thinker yields is appended to `fed` (the
         caller reads the cache offset to know how many of them the cache holds). `talker`
         carries a conversation's Talker cache; `forced_ids` make the Thinker say exactly those
-        tokens (`generate_step`)."""
+        tokens (`generate_step`). On Apple silicon the weights are wired for the turn, and
+        MLX's buffer cache is freed after it (`memory.wired_limit`)."""
+        with wired_limit(self.model, [GENERATION_STREAM]):
+            yield from self._run(prompt, cache, capture, fed, talker, forced_ids)
+
+    def _run(self, prompt, cache, capture, fed, talker, forced_ids) -> Iterator[Event]:
         model, opts = self.model, self.options
         eos = end_of_turn_ids(model)
         processors = ([make_repetition_penalty(opts.repetition_penalty)]

@@ -87,7 +87,7 @@ def chat(args, stdin=None, stdout=None, player_factory: Optional[Callable] = Non
                                        jitter_ms=args.jitter_ms)
     if play:
         player_factory().close()  # fail now, with the install hint
-    model = load_model(args)
+    model = load_model(args, speech=not args.text_only)
     session = ChatSession(model, system=args.system, **session_options(args))
     speech: List[np.ndarray] = []
     print(HELP, file=stdout)

@@ -69,10 +69,11 @@ def speech_options(args) -> SpeechOptions:
         dit_dtype=args.dit_dtype, overlap=not args.no_overlap)
 
 
-def load_model(args):
+def load_model(args, speech: bool = True):
+    """The model of --model; without `speech`, no Talker or Token2Wav is loaded."""
     from ..loading import load
 
-    return load(args.model)
+    return load(args.model, speech=speech)
 
 
 def print_stats(stats, out=None):

@@ -61,7 +61,7 @@ def run(args):
         from ..playback import Player
 
         player = Player(jitter_ms=args.jitter_ms)
-    model = load_model(args)
+    model = load_model(args, speech=bool(args.speak))
     options = dict(generation_options(args), truncate=args.truncate,
                    use_audio_in_video=args.use_audio_in_video, speak=bool(args.speak))
     audio = []

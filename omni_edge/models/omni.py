@@ -1,6 +1,8 @@
 """Composition of the Qwen2.5-Omni parts, with attribute names mirroring the checkpoint keys."""
 
-from typing import Dict
+import threading
+import weakref
+from typing import Callable, Dict
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -19,14 +21,21 @@ IMPLEMENTED_PREFIXES = ("thinker.model.", "thinker.lm_head.", "thinker.audio_tow
 COMPONENTS = ("thinker.audio_tower", "thinker.visual", "thinker", "talker", "token2wav")
 # 2-D `.weight` tensors that are not Linear/Embedding weights, or must stay in float.
 NOT_QUANTIZED = ("patch_embed", "audio_bos_eos_token")
+# Token2Wav's only quantizable layers: the DiT's transformer blocks (its embeddings, proj_out,
+# which sets the DiT's compute dtype, and BigVGAN's convolutions stay in float).
+TOKEN2WAV_QUANTIZABLE = "token2wav.code2wav_dit_model.transformer_blocks."
+NO_SPEECH = ("this model was loaded with speech=False (no Talker, no Token2Wav), so it cannot "
+             "speak; load it with omni_edge.load(path) to speak")
 
 
 class OmniModel(nn.Module):
-    def __init__(self, config: OmniConfig):
+    def __init__(self, config: OmniConfig, speech: bool = True):
         super().__init__()
         self.config = config
         self.thinker = Thinker(config.thinker_config)
-        if config.has_speech:
+        # Why the model can't speak, for the error a speech request raises; None when it can.
+        self.speech_error = None if speech else NO_SPEECH
+        if config.has_speech and speech:
             self.talker = Talker(config.talker_config)
             self.token2wav = Token2Wav(config.token2wav_config)
 
@@ -36,11 +45,11 @@ class OmniModel(nn.Module):
 
     @staticmethod
     def is_quantizable(key: str, shape) -> bool:
-        """Linear and embedding weights of every part but Token2Wav (kept in float32)."""
+        """Linear and embedding weights of every part; in Token2Wav, the DiT's blocks only."""
         return (
             key.endswith(".weight")
             and len(shape) == 2
-            and not key.startswith("token2wav")
+            and (not key.startswith("token2wav") or key.startswith(TOKEN2WAV_QUANTIZABLE))
             and not any(n in key for n in NOT_QUANTIZED)
         )
 
@@ -68,3 +77,64 @@ def _is_conv(key: str) -> bool:
         or "code2wav_bigvgan_model" in key
         or "spk_encoder" in key
     )
+
+
+class OnDemand(nn.Module):
+    """Stands in for a child module (`parent.name`) until first used: then `build()` loads the
+    real module, which takes its place in `parent`, so later calls go straight to it."""
+
+    def __init__(self, parent: nn.Module, name: str, build: Callable[[], nn.Module]):
+        super().__init__()
+        # Plain attributes, not children: the stand-in holds no parameters. The parent is held
+        # weakly: a cycle would keep a dropped model's memory until the garbage collector runs.
+        object.__setattr__(self, "_target", (weakref.ref(parent), name, build, threading.Lock()))
+
+    def load(self) -> nn.Module:
+        parent, name, build, lock = object.__getattribute__(self, "_target")
+        parent = parent()
+        if parent is None:
+            raise RuntimeError(f"the model that held {name!r} is gone")
+        with lock:
+            current = getattr(parent, name)
+            if current is self:
+                current = build()
+                setattr(parent, name, current)
+        return current
+
+    def __call__(self, *args, **kwargs):
+        return self.load()(*args, **kwargs)
+
+    def __getattr__(self, key):
+        if key.startswith("__"):
+            raise AttributeError(key)
+        return getattr(self.load(), key)
+
+
+class SpeakerTable(nn.Module):
+    """Stands in for the DiT's ECAPA encoder with the voices' encodings computed at conversion:
+    a reference mel (or the all-zero mel of its length, the unconditional half) gives the stored
+    encoding, so the ECAPA weights need not be loaded."""
+
+    def __init__(self, voices: Dict[str, dict], encodings: Dict[str, mx.array]):
+        super().__init__()
+        object.__setattr__(self, "_entries", [
+            (mx.array(voices[name]["ref_mel"])[0], mx.array(enc)) for name, enc in encodings.items()])
+
+    def __call__(self, mel: mx.array) -> mx.array:
+        """mel [B, T, mel_dim] → the stored encodings [B, enc_dim]."""
+        return mx.stack([self._row(mel[i]) for i in range(mel.shape[0])])
+
+    def _row(self, mel: mx.array) -> mx.array:
+        entries = object.__getattribute__(self, "_entries")
+        silent = not mx.any(mel).item()
+        for ref, enc in entries:
+            if ref.shape != mel.shape:
+                continue
+            if silent:
+                return enc[1]
+            if mx.array_equal(ref.astype(mel.dtype), mel).item():
+                return enc[0]
+        raise ValueError(
+            "this voice is not one of the model's own, and its speaker encoder (ECAPA) was not "
+            "loaded because the voices' encodings were computed at conversion; to use another "
+            "voice, load the model with omni_edge.load(path, speaker_encoder=True)")

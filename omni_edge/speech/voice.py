@@ -24,6 +24,7 @@ def check_speech(model, voice: str) -> dict:
     """The voice's conditioning; a clear error when the model can't speak or lacks the voice."""
     if getattr(model, "talker", None) is None:
         raise SpeechError(
+            getattr(model, "speech_error", None) or  # load(speech=False) says how to speak
             "this model has no Talker/Token2Wav (a thinker-only checkpoint, or converted with "
             "enable_audio_output false), so it cannot speak; convert the full Qwen2.5-Omni repo")
     return model.voices[voice]
