@@ -26,7 +26,8 @@ from mlx_lm.models import qwen2
 from omni_edge.config import BigVGANConfig, DiTConfig, TalkerConfig, Token2WavConfig
 from omni_edge.models.talker import Talker
 from omni_edge.models.token2wav import Token2Wav
-from omni_edge.speech import TalkerOptions, ThinkerTrace, talker_codes
+from omni_edge.options import SpeechOptions
+from omni_edge.speech.talker import ThinkerTrace, talker_codes
 from timing import timed  # benchmarks/ is the script's own folder
 
 TALKER_3B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
@@ -75,10 +76,11 @@ def bench_talker(codes: int, repeats: int) -> dict:
     ref = qwen2.Model(args)
     ref.set_dtype(mx.bfloat16)
     mx.eval(ref.parameters())
-    sampled = TalkerOptions(max_codec_tokens=codes, min_codec_tokens=codes)
-    greedy = TalkerOptions(temperature=0.0, repetition_penalty=1.0, max_codec_tokens=codes, min_codec_tokens=codes)
+    sampled = SpeechOptions(max_codec_tokens=codes, min_codec_tokens=codes)
+    greedy = SpeechOptions(talker_temperature=0.0, talker_repetition_penalty=1.0,
+                           max_codec_tokens=codes, min_codec_tokens=codes)
     runs = {"ours_sampled": [], "ours_greedy": [], "mlx_lm_greedy": []}
-    time_talker(model, trace, TalkerOptions(max_codec_tokens=16, min_codec_tokens=16))
+    time_talker(model, trace, SpeechOptions(max_codec_tokens=16, min_codec_tokens=16))
     time_mlx_lm(ref, 16)
     for _ in range(repeats):
         runs["ours_sampled"].append(time_talker(model, trace, sampled))

@@ -17,7 +17,7 @@ TALKER_REPETITION_PENALTY = 1.05
 MAX_CODEC_TOKENS = 4096
 # Streaming Token2Wav windows (mel frames): a one-block first chunk for early audio, then long
 # chunks for fewer windows (benchmarks/results/turn_3b_h100.json).
-FIRST_CHUNK_FRAMES = 24
+FIRST_CHUNK_FRAMES = 48
 CHUNK_FRAMES = 216
 DIT_DTYPES = ("float32", "bfloat16", "float16")
 

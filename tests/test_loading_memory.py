@@ -15,7 +15,7 @@ from omni_edge.demo.checkpoint import write_demo_checkpoint
 from omni_edge.loading import _parts, _tensor_bytes
 from omni_edge.memory import GB, LIMIT_ENV, RUNTIME_HEADROOM, ModelTooLargeError, model_bytes, wired_limit
 from omni_edge.models.omni import OnDemand
-from omni_edge.speech import SpeechError
+from omni_edge.speech.voice import SpeechError
 
 CLIP = (0.3 * np.sin(np.linspace(0, 900, 16000))).astype(np.float32)
 AUDIO_TURN = [{"role": "user", "content": [

@@ -160,10 +160,10 @@ def test_streaming_with_a_preset(fixture_3b, t2w_cases):
     st = StreamingToken2Wav(t2w, VOICE, noise=noise, solver=SOLVERS["fastest"],
                             first_chunk_frames=24)
     pending = st.submit(s["codes"]) + st.submit(final=True)
-    # 120 frames: the first window emits 24 - 20 frames, the final one the rest
-    assert len(pending) == 2 and st.dit_calls == 2 * SOLVERS["fastest"].evaluations
+    # 120 frames: the first window emits 24 - 20 frames, the second 48, the final one the rest
+    assert len(pending) == 3 and st.dit_calls == 3 * SOLVERS["fastest"].evaluations
     chunks = [p.result() for p in pending]
-    assert [c[1] for c in chunks] == [0, 4 * 240]
+    assert [c[1] for c in chunks] == [0, 4 * 240, 52 * 240]
     audio = np.concatenate([a for a, _ in chunks])
     offline = np.array(t2w(s["codes"], VOICE, noise=noise[: 2 * CODES], solver="fastest"))
     assert rel(audio, offline) <= 1e-5  # as the reference preset's windows

@@ -82,13 +82,17 @@ class Token2Wav(nn.Module):
         spk = self.voice(voice)
         # Kept with what it was computed from: new weights (load_weights, set_dtype) or a new
         # voice under the same name are new arrays, and miss.
-        sources = (dit.input_embed.spk_encoder.fc.weight, spk["ref_mel"])
-        key = (voice, guided) if isinstance(voice, str) else None
+        encoder = dit.input_embed.spk_encoder  # ECAPA, or the table of stored encodings
+        fc = getattr(encoder, "fc", None)
+        sources = (fc.weight if fc is not None else encoder, spk["ref_mel"])
+        dtype = dit.text_embed.codec_embed.weight.dtype
+        key = (voice, guided, dtype) if isinstance(voice, str) else None
         hit = self._memo.speakers.get(key)
         if hit is not None and all(a is b for a, b in zip(hit[0], sources)):
             return hit[1]
         ref_mel = mx.array(spk["ref_mel"])
         encoding = dit.speaker_encoding(ref_mel[None] if ref_mel.ndim == 2 else ref_mel, guided)
+        encoding = encoding.astype(dtype)  # stored encodings are float32 whatever the DiT's type
         mx.eval(encoding)
         if key is not None:
             self._memo.speakers[key] = (sources, encoding)
@@ -97,7 +101,8 @@ class Token2Wav(nn.Module):
     def voice(self, voice) -> dict:
         if isinstance(voice, dict):
             return voice
-        voices = getattr(self, "voices", {})
-        if voice not in voices:
-            raise ValueError(f"unknown voice {voice!r}; this model has: {', '.join(voices) or 'none'}")
-        return voices[voice]
+        voices = getattr(self, "voices", None)
+        if voices is None:
+            raise ValueError(f"this Token2Wav has no named voices; pass {voice!r} as a dict "
+                             "with 'cond' and 'ref_mel'")
+        return voices[voice]  # loading.Voices: an unknown name lists the voices
