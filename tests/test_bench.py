@@ -2,20 +2,8 @@
 errors for bad input before any model loads."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(args, cwd):
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "omni_edge.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=path))
-
+from cli_run import run_cli
 
 def test_bench_runs_on_the_demo_checkpoint(demo_model_dir, tmp_path):
     done = run_cli(["bench", "--model", demo_model_dir, "--presets", "reference,default",

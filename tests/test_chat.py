@@ -24,13 +24,8 @@ SAMPLES_PER_CODE = 480
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from omni_edge.convert.mlx import convert
-    from omni_edge.demo.checkpoint import write_demo_checkpoint
-
-    root = tmp_path_factory.mktemp("chat")
-    write_demo_checkpoint(root / "hf")
-    return str(convert(str(root / "hf"), str(root / "mlx"), dtype="float32"))
+def model_dir(demo_model_dir):
+    return demo_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,11 @@
 whole loop (forced speech, self-transcription, WER per preset) runs on the demo checkpoint."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from cli_run import run_cli
 
 from omni_edge.eval_speech import normalize, word_error_rate
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def test_normalize():
     assert normalize("It's easy, to tell -- the DEPTH of a well!") == "its easy to tell the depth of a well"
@@ -28,12 +22,6 @@ def test_word_error_rate_by_hand():
     with pytest.raises(ValueError, match="at least one word"):
         word_error_rate(["..."], ["x"])
 
-
-def run_cli(args, cwd):
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "omni_edge.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=path))
 
 
 def test_eval_speech_runs_on_the_demo_checkpoint(demo_model_dir, tmp_path):

@@ -9,14 +9,10 @@ from omni_edge import generate, stream
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from omni_edge.convert.mlx import convert
-    from omni_edge.demo.checkpoint import write_demo_checkpoint
+def model(demo_model_dir):
     from omni_edge.loading import load
 
-    root = tmp_path_factory.mktemp("threads")
-    write_demo_checkpoint(root / "hf")
-    return load(str(convert(str(root / "hf"), str(root / "mlx"), dtype="float32")))
+    return load(demo_model_dir)
 
 
 def in_threads(jobs):
