@@ -117,8 +117,10 @@ class SpeakerTable(nn.Module):
 
     def __init__(self, voices: Dict[str, dict], encodings: Dict[str, mx.array]):
         super().__init__()
-        object.__setattr__(self, "_entries", [
-            (mx.array(voices[name]["ref_mel"])[0], mx.array(enc)) for name, enc in encodings.items()])
+        entries = [(mx.array(voices[name]["ref_mel"])[0], mx.array(enc))
+                   for name, enc in encodings.items()]
+        mx.eval(entries)  # evaluated here: a lazy slice would need this thread's stream later
+        object.__setattr__(self, "_entries", entries)
 
     def __call__(self, mel: mx.array) -> mx.array:
         """mel [B, T, mel_dim] → the stored encodings [B, enc_dim]."""
