@@ -213,14 +213,16 @@ def part(audio, name: str):
 
 
 def test_streamed_speech_arrives_while_the_text_is_written(client):
-    whole = client.chat.completions.create(audio={"voice": "Chelsie", "format": "pcm16"},
-                                           **speech_request())
-    spoken = len(base64.b64decode(whole.choices[0].message.audio.data)) // 2
-
     kinds, pcm, text = [], b"", ""
+    # a 24-frame first window rendered in line comes after 25 codes, deterministically before
+    # the 30-token reply ends (overlapped, it would race the text on a slow CPU)
+    windows = dict(first_chunk_frames=24, overlap=False)
+    whole = client.chat.completions.create(audio={"voice": "Chelsie", "format": "pcm16"},
+                                           **speech_request(**windows))
+    spoken = len(base64.b64decode(whole.choices[0].message.audio.data)) // 2
     for chunk in client.chat.completions.create(audio={"voice": "Chelsie", "format": "pcm16"},
                                                 stream=True, stream_options={"include_usage": True},
-                                                **speech_request()):
+                                                **speech_request(**windows)):
         if not chunk.choices:
             kinds.append("usage")
             continue

@@ -60,10 +60,13 @@ def chat_turn(model, request: ChatRequest, max_tokens: int) -> Turn:
 
 
 def speech_options(request, voice: str) -> SpeechOptions:
+    windows = {k: v for k, v in (("first_chunk_frames", request.first_chunk_frames),
+                                 ("overlap", request.overlap)) if v is not None}
     return SpeechOptions(voice=voice, talker_temperature=request.talker_temperature,
                          talker_top_k=request.talker_top_k, talker_top_p=request.talker_top_p,
                          talker_repetition_penalty=request.talker_repetition_penalty,
-                         max_codec_tokens=request.max_codec_tokens)
+                         max_codec_tokens=request.max_codec_tokens, solver=request.solver,
+                         **windows)
 
 
 def chat_events(model, cache: PromptCache, request: ChatRequest, messages: list,

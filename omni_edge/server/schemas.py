@@ -5,6 +5,9 @@ from typing import List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..models.solvers import SOLVERS
+
+SOLVER_NAMES = tuple(SOLVERS)
 INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
 CHAT_AUDIO_FORMATS = ("wav", "flac", "pcm16", "mp3", "opus")
 SPEECH_FORMATS = ("wav", "pcm", "flac", "mp3", "opus")
@@ -103,6 +106,11 @@ class ChatRequest(Lenient):
     talker_top_p: float = Field(0.8, gt=0, le=1)
     talker_repetition_penalty: float = Field(1.05, gt=0)
     max_codec_tokens: int = Field(4096, ge=1)
+    solver: Literal[SOLVER_NAMES] = Field(  # type: ignore[valid-type]
+        "reference", description="Token2Wav's ODE solver preset")
+    first_chunk_frames: Optional[int] = Field(None, ge=24, multiple_of=24,
+                                              description="mel frames in the first audio window")
+    overlap: Optional[bool] = Field(None, description="render windows while decoding goes on")
     use_audio_in_video: bool = False
     tools: Optional[list] = Field(None, description="not supported: the model has no tool calling")
 
@@ -139,3 +147,8 @@ class SpeechRequest(Lenient):
     talker_top_p: float = Field(0.8, gt=0, le=1)
     talker_repetition_penalty: float = Field(1.05, gt=0)
     max_codec_tokens: int = Field(4096, ge=1)
+    solver: Literal[SOLVER_NAMES] = Field(  # type: ignore[valid-type]
+        "reference", description="Token2Wav's ODE solver preset")
+    first_chunk_frames: Optional[int] = Field(None, ge=24, multiple_of=24,
+                                              description="mel frames in the first audio window")
+    overlap: Optional[bool] = Field(None, description="render windows while decoding goes on")
