@@ -83,7 +83,22 @@ class StreamOptions(Lenient):
     include_usage: bool = False
 
 
-class ChatRequest(Lenient):
+class SpeechFields(Lenient):
+    """The model's own speech options (`jobs.speech_options` maps them onto SpeechOptions)."""
+
+    talker_temperature: float = Field(0.9, ge=0)
+    talker_top_k: int = Field(40, ge=0)
+    talker_top_p: float = Field(0.8, gt=0, le=1)
+    talker_repetition_penalty: float = Field(1.05, gt=0)
+    max_codec_tokens: int = Field(4096, ge=1)
+    solver: Literal[SOLVER_NAMES] = Field(  # type: ignore[valid-type]
+        "reference", description="Token2Wav's ODE solver preset")
+    first_chunk_frames: Optional[int] = Field(None, ge=24, multiple_of=24,
+                                              description="mel frames in the first audio window")
+    overlap: Optional[bool] = Field(None, description="render windows while decoding goes on")
+
+
+class ChatRequest(SpeechFields):
     model: Optional[str] = None
     messages: List[Message] = Field(min_length=1)
     stream: bool = False
@@ -101,16 +116,6 @@ class ChatRequest(Lenient):
     top_k: int = Field(0, ge=0)
     min_p: float = Field(0.0, ge=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
-    talker_temperature: float = Field(0.9, ge=0)
-    talker_top_k: int = Field(40, ge=0)
-    talker_top_p: float = Field(0.8, gt=0, le=1)
-    talker_repetition_penalty: float = Field(1.05, gt=0)
-    max_codec_tokens: int = Field(4096, ge=1)
-    solver: Literal[SOLVER_NAMES] = Field(  # type: ignore[valid-type]
-        "reference", description="Token2Wav's ODE solver preset")
-    first_chunk_frames: Optional[int] = Field(None, ge=24, multiple_of=24,
-                                              description="mel frames in the first audio window")
-    overlap: Optional[bool] = Field(None, description="render windows while decoding goes on")
     use_audio_in_video: bool = False
     tools: Optional[list] = Field(None, description="not supported: the model has no tool calling")
 
@@ -135,20 +140,10 @@ class ChatRequest(Lenient):
         return [s for s in stops if s]
 
 
-class SpeechRequest(Lenient):
+class SpeechRequest(SpeechFields):
     model: Optional[str] = None
     input: str = Field(min_length=1, max_length=4096)
     voice: str = "Chelsie"
     response_format: Literal[SPEECH_FORMATS] = "wav"
     stream_format: Literal["audio"] = "audio"
     seed: Optional[int] = Field(None, ge=0, lt=2**64)
-    talker_temperature: float = Field(0.9, ge=0)
-    talker_top_k: int = Field(40, ge=0)
-    talker_top_p: float = Field(0.8, gt=0, le=1)
-    talker_repetition_penalty: float = Field(1.05, gt=0)
-    max_codec_tokens: int = Field(4096, ge=1)
-    solver: Literal[SOLVER_NAMES] = Field(  # type: ignore[valid-type]
-        "reference", description="Token2Wav's ODE solver preset")
-    first_chunk_frames: Optional[int] = Field(None, ge=24, multiple_of=24,
-                                              description="mel frames in the first audio window")
-    overlap: Optional[bool] = Field(None, description="render windows while decoding goes on")
