@@ -92,8 +92,8 @@ def bench(model, presets: List[str], audio_seconds: float = 10.0, text_tokens: i
 
 
 def table(rows: List[dict]) -> str:
-    head = (f"| preset | turn s | first chunk | glitch-free start s | stalls (150 ms player) | "
-            f"RTF | Thinker tok/s | Talker tok/s | peak GB |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| preset | turn s | first chunk | glitch-free start s | stalls (150 ms player) | "
+            "RTF | Thinker tok/s | Talker tok/s | peak GB |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['turn_s']:.2f} | {r['first_chunk_s']:.2f} s "
