@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
 from ..config import OmniConfig
 from ..models.ecapa import ECAPA
 from ..models.omni import OmniModel
+from ..models.padded import pad_columns
 from . import speakers as speakers_io
 from .atomic import atomic_dir
 from .hub import CheckpointError, resolve_model_path, weight_shards
@@ -92,12 +94,21 @@ def _expected_shapes(config: OmniConfig) -> Dict[str, tuple]:
     return {k: tuple(v.shape) for k, v in tree_flatten(OmniModel(config).parameters())}
 
 
-def _convert_tensor(key: str, w: mx.array, *, dtype, token2wav_dtype, bits,
-                    group_size) -> Dict[str, mx.array]:
-    """Cast and maybe quantize one tensor already in MLX layout."""
+def _linear_weights(config: OmniConfig) -> set:
+    """Keys of every linear layer's weight: those whose input can be zero-padded."""
+    return {f"{path}.weight" for path, m in OmniModel(config).named_modules()
+            if isinstance(m, nn.Linear)}
+
+
+def _convert_tensor(key: str, w: mx.array, *, dtype, token2wav_dtype, bits, group_size,
+                    linear: bool = False) -> Dict[str, mx.array]:
+    """Cast and maybe quantize one tensor already in MLX layout. A linear layer whose input
+    width the group size doesn't divide is quantized zero-padded (models/padded.py)."""
     if mx.issubdtype(w.dtype, mx.floating):
         w = w.astype(token2wav_dtype if key.startswith("token2wav") else dtype)
     b = bits.get(OmniModel.component(key), 0)
+    if linear and b in Q_BITS and OmniModel.is_quantizable(key, w.shape):
+        w = pad_columns(w, group_size)
     if b in Q_BITS and OmniModel.is_quantizable(key, w.shape) and w.shape[-1] % group_size == 0:
         q, scales, biases = mx.quantize(w, group_size=group_size, bits=b)
         stem = key[: -len("weight")]
@@ -172,6 +183,7 @@ def _write_weights(src, out, config, *, dtype, plan: Plan, group_size, converted
                    max_shard_bytes, progress) -> Dict[str, mx.array]:
     """Stream every tensor into `out`; returns the speaker encoder's float32 weights."""
     expected = _expected_shapes(config)
+    linear = _linear_weights(config)
     writer = _ShardWriter(out, max_shard_bytes)
     seen, encoder = set(), {}
     shards = weight_shards(src)
@@ -197,7 +209,8 @@ def _write_weights(src, out, config, *, dtype, plan: Plan, group_size, converted
                 encoder[key[len(SPEAKER_ENCODER):]] = w.astype(mx.float32)
             for name, arr in _convert_tensor(key, w, dtype=dtype, bits=plan.bits,
                                              token2wav_dtype=DTYPES[plan.token2wav_dtype],
-                                             group_size=group_size).items():
+                                             group_size=group_size,
+                                             linear=key in linear).items():
                 writer.add(name, arr)
                 seen.add(name)
             mx.clear_cache()  # freed source buffers would otherwise stay in MLX's cache

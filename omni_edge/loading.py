@@ -18,6 +18,7 @@ from .convert.mlx import SPEAKER_ENCODER, convert, is_converted, quant_params
 from .convert.speakers import load_converted_speakers, load_encodings
 from .memory import check_fits
 from .models.omni import OmniModel, OnDemand, SpeakerTable
+from .models.padded import use_padded_layers
 from .processing.prompt import Processor, read_chat_template
 from .speech.voice import UnknownVoiceError
 
@@ -95,12 +96,16 @@ def _load_into(module: nn.Module, weights: Dict[str, mx.array], prefix: str, qua
     `.scales` are stored), then load the weights under `prefix` into it."""
     weights = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
     if quantization:
-        def predicate(path, _):
+        def stored(path):
             if f"{path}.scales" not in weights:
-                return False
-            bits, group_size = quant_params(quantization, f"{prefix}{path}.weight")
-            return {"bits": bits, "group_size": group_size}
+                return None
+            return quant_params(quantization, f"{prefix}{path}.weight")
 
+        def predicate(path, m):
+            params = None if isinstance(m, nn.QuantizedLinear) else stored(path)
+            return {"bits": params[0], "group_size": params[1]} if params else False
+
+        use_padded_layers(module, stored)  # widths no group size divides, stored zero-padded
         nn.quantize(module, class_predicate=predicate)
     module.load_weights(list(weights.items()), strict=True)
     mx.eval(module.parameters())
