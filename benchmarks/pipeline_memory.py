@@ -35,9 +35,11 @@ import turn_speed  # noqa: E402  (the published-layout configs of the other benc
 GB = 1e9
 SHARD_BYTES = 5 * 10**9  # the hub's shards (transformers' default max_shard_size)
 CLIP_SECONDS, TEXT_TOKENS, CODES, CHAT_TURNS = 10, 128, 500, 30
+CHAT_MAX_CONTEXT = 4096  # ~12 of the 30 turns fit: the rest of the chat drops its oldest turns
 # A smoke test. q4-min is left out on CPU: MLX's CPU backend runs float16 quantized matmuls
 # (the 8-bit DiT blocks in a float16 Token2Wav) in software, ~50x slower than float ones.
-TINY_WORKLOAD = dict(clip_seconds=2, text_tokens=16, codes=60, chat_turns=5, presets="q4,q4-small")
+TINY_WORKLOAD = dict(clip_seconds=2, text_tokens=16, codes=60, chat_turns=5, chat_max_context=512,
+                     presets="q4,q4-small")
 PRESETS = ("q4", "q4-small", "q4-min")
 TINY_VISION = {"hidden_size": 64, "depth": 2, "intermediate_size": 128, "num_heads": 2,
                "fullatt_block_indexes": [1]}
@@ -213,23 +215,63 @@ def worker_api(model_dir: str, clip: str, text_tokens: int, codes: int) -> dict:
     row.update(after_turn_gb=mx.get_active_memory() / GB, rss_gb=_self_rss_gb(),
                encoders_loaded=[n for n in ("audio_tower", "visual")
                                 if type(getattr(model.thinker, n)).__name__ != "OnDemand"])
+    row["transient_gb"] = transients(model, clip)
     return row
 
 
-def worker_chat(model_dir: str, turns: int) -> dict:
+def transients(model, clip: str) -> dict:
+    """Each stage's own working memory (peak minus what was held before it), run alone on the
+    loaded model: what a spoken turn's peak adds to the weights, stage by stage."""
+    import mlx.core as mx
+
+    from omni_edge.processing.audio import prepare_audio
+    from omni_edge.streaming import StreamingToken2Wav
+
+    def measure(fn) -> float:
+        mx.eval(fn())  # warm: compiled graphs and kernels
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        base = mx.get_active_memory()
+        out = fn()
+        mx.eval(out)
+        return (mx.get_peak_memory() - base) / GB
+
+    mel = mx.array(prepare_audio(clip)[0])
+    thinker = model.thinker
+    tokens = mx.zeros((1, 300), dtype=mx.int32)
+    dit = model.token2wav.code2wav_dit_model
+    voice = model.voices[next(iter(model.voices))]
+    stream = StreamingToken2Wav(model.token2wav, next(iter(model.voices)))
+    codes = mx.zeros((144,), dtype=mx.int32)  # a 216-frame window with its 72 frames of context
+    noise = mx.zeros((288, 80))
+    window = lambda: dit.sample(codes, mx.array(voice["cond"]), mx.array(voice["ref_mel"]),  # noqa: E731
+                                noise, speaker=stream.speaker, lazy=True)
+    vocoder_mel = mx.zeros((1, 80, 256))
+    return {
+        "audio_encoder": measure(lambda: thinker.audio_tower([mel.astype(mx.bfloat16)])),
+        "thinker_prefill_300": measure(lambda: thinker.model(thinker.embed(tokens), thinker.make_cache())),
+        "dit_window_288": measure(window),
+        "bigvgan_window_256": measure(lambda: model.token2wav.code2wav_bigvgan_model(vocoder_mel)),
+    }
+
+
+def worker_chat(model_dir: str, turns: int, max_context: int) -> dict:
+    """A text chat of `turns` turns whose conversation outgrows `max_context` about a third of
+    the way in: memory should climb with the KV cache, then stay flat while old turns drop."""
     import mlx.core as mx
 
     import omni_edge
 
     model = omni_edge.load(model_dir, speech=False)
-    chat = omni_edge.ChatSession(model, max_tokens=32)
+    chat = omni_edge.ChatSession(model, max_tokens=32, max_context=max_context)
     active, tokens = [], []
     for i in range(turns):
         for _ in chat.send(f"Turn {i}: tell me one more thing about rivers."):
             pass
         active.append(mx.get_active_memory() / GB)
         tokens.append(chat.cache[0].offset)
-    return {"turns": turns, "active_gb": active, "context_tokens": tokens,
+    return {"turns": turns, "max_context": max_context, "dropped_turns": chat.dropped_turns,
+            "active_gb": active, "context_tokens": tokens,
             "first_gb": active[0], "last_gb": active[-1], "rss_gb": _self_rss_gb()}
 
 
@@ -247,6 +289,7 @@ def main():
                          "when it is there: a run split over several commands")
     ap.add_argument("--convert-only", action="store_true", help="measure the conversions only")
     ap.add_argument("--chat-turns", type=int, default=CHAT_TURNS)
+    ap.add_argument("--chat-max-context", type=int, default=CHAT_MAX_CONTEXT)
     ap.add_argument("--text-tokens", type=int, default=TEXT_TOKENS)
     ap.add_argument("--codes", type=int, default=CODES)
     ap.add_argument("--clip-seconds", type=float, default=CLIP_SECONDS)
@@ -263,7 +306,7 @@ def main():
     if a.worker == "api":
         return print(json.dumps(worker_api(a.model, a.clip, a.text_tokens, a.codes)))
     if a.worker == "chat":
-        return print(json.dumps(worker_chat(a.model, a.chat_turns)))
+        return print(json.dumps(worker_chat(a.model, a.chat_turns, a.chat_max_context)))
 
     import tempfile
 
@@ -307,7 +350,8 @@ def main():
                 "--max-codec-tokens", str(a.codes)], work / f"{preset}-cli.log")
             if a.chat_turns:
                 row["chat"] = run_measured(env_cmd + [me, "--worker", "chat", "--model", str(out),
-                                                      "--chat-turns", str(a.chat_turns)],
+                                                      "--chat-turns", str(a.chat_turns),
+                                                      "--chat-max-context", str(a.chat_max_context)],
                                          work / f"{preset}-chat.log")
         result["presets"].append(row)
         print(json.dumps(row), flush=True)
