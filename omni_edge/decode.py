@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import KVCache
 
-from .compiled_step import compilable, reserve, step_for
+from .compiled_step import compilable, prepare, step_for
 from .options import PREFILL_STEP
 from .sampling import process
 
@@ -117,7 +117,7 @@ def generate_step(
         quantize_cache(cache, kv_bits)
     if compile_decode:  # buffers that hold the whole reply (up to AHEAD): one trace for it
         with mx.stream(GENERATION_STREAM):
-            reserve(cache, max_tokens)
+            prepare(thinker.model, cache, max_tokens)
     for n in range(max_tokens):
         if n + 1 < max_tokens:
             next_y = step(y, n + 1)

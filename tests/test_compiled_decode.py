@@ -1,7 +1,7 @@
 """The compiled one-token decode step (`omni_edge.compiled_step`) gives what the op-by-op
 step gives: Thinker logits and greedy ids, Talker logits and codes, a chat's next turn; it
 crosses KV buffer growths; quantized and rotating caches stay on the op path; a compiled step
-launches fewer kernels."""
+launches fewer kernels; its fused projections share the weights and follow new ones."""
 
 from types import SimpleNamespace
 
@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from omni_edge import compiled_step, costs, generate
 from omni_edge.chat import ChatSession
@@ -25,8 +26,9 @@ STEPS = 44
 
 
 @pytest.fixture(scope="module")
-def model(fixture_3b, tmp_path_factory):
-    out = convert(str(fixture_3b), str(tmp_path_factory.mktemp("conv") / "fp32"), dtype="float32")
+def model(fixture_dir, tmp_path_factory):
+    """Each fixture model (the 7B-shaped Talker's attention is wider than its hidden size)."""
+    out = convert(str(fixture_dir), str(tmp_path_factory.mktemp("conv") / "fp32"), dtype="float32")
     return load(str(out))
 
 
@@ -148,8 +150,8 @@ def test_quantized_and_rotating_caches_stay_on_the_op_path(wide_heads, calls, ca
 
 
 def test_a_compiled_step_launches_fewer_kernels():
-    """Counted as `omni_edge.costs` counts the published models' graphs: in a compiled step of
-    a quantized decoder the bias and residual adds fuse with their neighbours."""
+    """Counted as `omni_edge.costs` counts the published models' graphs: a compiled step has
+    4 matmuls a layer, not 7, and its bias and residual adds fuse with their neighbours."""
     thinker = wide_heads_thinker()
     nn.quantize(thinker.model, group_size=64, bits=4)
     decoder, compiled_cache, cache = thinker.model, thinker.make_cache(), thinker.make_cache()
@@ -166,3 +168,42 @@ def test_a_compiled_step_launches_fewer_kernels():
 
     compiled = costs.count(step, compiled=True)
     assert compiled.kernels < plain.kernels
+
+
+def test_fused_projections_share_the_weights_and_follow_new_ones(calls):
+    """The fused q/k/v and gate/up arrays are the weights' only copy (the layers hold views of
+    them), and weights replaced after a compiled run are fused again before the next one."""
+    model = SimpleNamespace(thinker=wide_heads_thinker())
+    layer = model.thinker.model.layers[0]
+    q = np.array(layer.self_attn.q_proj.weight)
+    prompt = list(range(5, 40))
+    thinker_run(model, prompt, True)
+    assert np.array_equal(np.array(layer.self_attn.q_proj.weight), q)
+    fused = compiled_step.step_for(model.thinker.model).tree["layers"][0]["qkv"]
+    assert np.array_equal(np.array(fused.weight[: q.shape[0]]), q)
+    layer.self_attn.q_proj.weight = mx.random.normal(q.shape, key=mx.random.key(9)) * 0.2
+    layer.mlp.up_proj.weight = layer.mlp.up_proj.weight * -1.5
+    compiled, plain = thinker_run(model, prompt, True), thinker_run(model, prompt, False)
+    assert compiled[0] == plain[0]
+    assert max(relative(a, b) for a, b in zip(compiled[1], plain[1])) < RTOL
+
+
+def test_tracing_leaves_the_model_alone(monkeypatch):
+    """The compiler traces with tracers in place of the step's weights: they must go into the
+    step's own copies, never into the model, which another thread may be running meanwhile."""
+    thinker = wide_heads_thinker()
+    decoder, cache = thinker.model, thinker.make_cache()
+    mx.eval(decoder(mx.zeros((1, 20, 128)), cache))
+    step = compiled_step.step_for(decoder)
+    weights = [v for _, v in tree_flatten(decoder.parameters())]
+    untouched = []
+    real = compiled_step._layer
+
+    def spy(*args):
+        now = [v for _, v in tree_flatten(decoder.parameters())]
+        untouched.append(all(a is b for a, b in zip(now, weights)))
+        return real(*args)
+
+    monkeypatch.setattr(compiled_step, "_layer", spy)
+    mx.eval(step(mx.zeros((1, 1, 128)), cache))
+    assert untouched and all(untouched)

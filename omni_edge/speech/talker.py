@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import mlx.core as mx
 
-from ..compiled_step import compilable, reserve, step_for
+from ..compiled_step import compilable, prepare, step_for
 from ..decode import GENERATION_STREAM
 from ..options import SpeechOptions
 from ..processing.rope_index import rope_index
@@ -151,7 +151,7 @@ class TalkerSession:
         code = self._next(rows, positions)
         if self.speech.compile_decode:  # buffers for the utterance (up to AHEAD): one trace
             with mx.stream(GENERATION_STREAM):
-                reserve(self.cache, self.speech.max_codec_tokens)
+                prepare(self.talker.model, self.cache, self.speech.max_codec_tokens)
         return code
 
     def step(self, code: mx.array, part: mx.array) -> mx.array:
