@@ -59,9 +59,10 @@ def build(kind: str, size: str, bits):
     return model
 
 
-def run_once(kind, model, prompt, gen_tokens):
+def run_once(kind, model, prompt, gen_tokens, compile_decode=True):
     if kind == "omni-edge":
-        steps = generate_step(SimpleNamespace(thinker=model), prompt, max_tokens=gen_tokens)
+        steps = generate_step(SimpleNamespace(thinker=model), prompt, max_tokens=gen_tokens,
+                              compile_decode=compile_decode)
     else:
         steps = (t for t, _ in mlx_lm_generate_step(mx.array(prompt), model, max_tokens=gen_tokens))
     start = time.perf_counter()
@@ -75,20 +76,20 @@ def run_once(kind, model, prompt, gen_tokens):
     return {"prefill_tps": len(prompt) / (first - start), "decode_tps": (n - 1) / (end - first)}
 
 
-def bench(size, mode, prompt_len, gen_tokens, repeats):
+def bench(size, mode, prompt_len, gen_tokens, repeats, compile_decode=True):
     prompt = mx.random.randint(0, 150000, (prompt_len,)).tolist()
     models = {k: build(k, size, MODES[mode]) for k in ("omni-edge", "mlx-lm")}
     for kind, model in models.items():  # warm-up: kernels compiled, allocator primed
-        run_once(kind, model, prompt[:64], 8)
+        run_once(kind, model, prompt, gen_tokens, compile_decode)
     runs = {k: {"prefill_tps": [], "decode_tps": []} for k in models}
     for _ in range(repeats):
         for kind, model in models.items():
-            for key, value in run_once(kind, model, prompt, gen_tokens).items():
+            for key, value in run_once(kind, model, prompt, gen_tokens, compile_decode).items():
                 runs[kind][key].append(value)
     del models
     mx.clear_cache()
     return summarize({"size": size, "mode": mode, "prompt_tokens": prompt_len,
-                      "gen_tokens": gen_tokens, "runs": runs})
+                      "gen_tokens": gen_tokens, "compile_decode": compile_decode, "runs": runs})
 
 
 def summarize(row: dict) -> dict:
@@ -113,6 +114,8 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=1024)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--no-compile", action="store_true",
+                    help="our decode steps op by op, not compiled (compile_decode=False), for the A/B")
     ap.add_argument("--device-name", default=None, help="card name for the table, e.g. 'NVIDIA H100'")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--summarize", type=Path, help="reprint the table of a saved JSON and exit")
@@ -129,10 +132,12 @@ def main():
         return
     device = a.device_name or f"{mx.default_device()} ({platform.machine()})"
     rows = []
-    print(f"device: {device}, mlx {mx.__version__}, prompt {a.prompt_tokens}, gen {a.gen_tokens}\n{header}")
+    print(f"device: {device}, mlx {mx.__version__}, prompt {a.prompt_tokens}, gen {a.gen_tokens}, "
+          f"compiled decode {not a.no_compile}\n{header}")
     for size in a.sizes:
         for mode in a.modes:
-            rows.append(bench(size, mode, a.prompt_tokens, a.gen_tokens, a.repeats))
+            rows.append(bench(size, mode, a.prompt_tokens, a.gen_tokens, a.repeats,
+                              not a.no_compile))
             print_row(rows[-1])
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -179,13 +179,13 @@ def drift(model, codes, noise, streamed: np.ndarray) -> float:
 
 
 def run_ours(size: str, q_bits: int, variants, repeats: int, text_tokens: int, codes: int,
-             save) -> list:
+             save, compile_decode: bool = True) -> list:
     model = build(size, q_bits)
     clip = (0.3 * np.sin(np.linspace(0, 8000, 16000 * CLIP_SECONDS))).astype(np.float32)
     noise = mx.random.normal((30000, 80), key=mx.random.key(1))
     rows = []
     for name in variants:
-        v = VARIANTS[name]
+        v = {**VARIANTS[name], "compile_decode": compile_decode}
         model.token2wav.code2wav_dit_model.set_dtype(getattr(mx, v["dit_dtype"]))
         turn(model, clip[:16000], 8, 60, v, noise)  # warm-up: compiles this variant's kernels
         runs = [turn(model, clip, text_tokens, codes, v, noise) for _ in range(repeats)]
@@ -193,7 +193,8 @@ def run_ours(size: str, q_bits: int, variants, repeats: int, text_tokens: int, c
         err = drift(model, best.pop("_codes"), noise, best.pop("_audio"))
         for r in runs:
             r.pop("_codes", None), r.pop("_audio", None)
-        rows.append({"size": size, "impl": "omni-edge", "variant": name, **v,
+        impl = "omni-edge" if compile_decode else "omni-edge no-compile"
+        rows.append({"size": size, "impl": impl, "variant": name, **v,
                      "thinker": f"{q_bits}-bit" if q_bits else "bf16", **best,
                      "audio_drift": err, "runs": runs})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "runs"}), flush=True)
@@ -293,6 +294,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--transformers", action="store_true", help="also run transformers' generate()")
     ap.add_argument("--skip-ours", action="store_true")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="decode steps op by op, not compiled (compile_decode=False), for the A/B")
     ap.add_argument("--device-name", default=None)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--summarize", nargs="+", metavar="JSON")
@@ -316,7 +319,8 @@ def main():
         except Exception as err:  # keep our rows when the reference can't run
             print(f"transformers run failed: {type(err).__name__}: {err}", flush=True)
     if not a.skip_ours:
-        run_ours(a.size, a.q_bits, a.variants.split(","), a.repeats, a.text_tokens, a.codes, save)
+        run_ours(a.size, a.q_bits, a.variants.split(","), a.repeats, a.text_tokens, a.codes, save,
+                 compile_decode=not a.no_compile)
     if a.out:
         summarize([a.out])
 

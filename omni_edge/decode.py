@@ -7,6 +7,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import KVCache
 
+from .compiled_step import compilable, prepare, step_for
 from .options import PREFILL_STEP
 from .sampling import process
 
@@ -46,6 +47,7 @@ def generate_step(
     seen_ids: Optional[List[int]] = None,
     forced_ids: Optional[List[int]] = None,
     kv_bits: Optional[int] = None,
+    compile_decode: bool = True,
 ) -> Iterator[int]:
     """Yield Thinker tokens after `prompt_ids` (whose embeddings may be given, [L, H], when
     the prompt holds media), fed after whatever `cache` already holds. Logits reach the
@@ -58,7 +60,9 @@ def generate_step(
     hidden states), [L, H] each: what the Talker reads, taken from the pass that made them.
     `forced_ids` replace sampling: the loop feeds and yields exactly those ids (the Thinker
     "says" a given text, so the Talker reads its states); `max_tokens` still bounds it.
-    `kv_bits` quantizes the (float) caches after the prompt's prefill, as mlx-lm does."""
+    `kv_bits` quantizes the (float) caches after the prompt's prefill, as mlx-lm does.
+    With `compile_decode`, each one-token step on plain KV caches runs the layers as one
+    compiled graph (`compiled_step`); the other passes are built op by op."""
     thinker = model.thinker
     cache = cache if cache is not None else thinker.make_cache()
     sampler = sampler or (lambda logits: mx.argmax(logits, axis=-1))
@@ -70,9 +74,12 @@ def generate_step(
     if forced is not None:
         max_tokens = min(max_tokens, len(forced))
 
-    def forward(ids: mx.array, emb: Optional[mx.array], pos=None) -> mx.array:
+    def forward(ids: mx.array, emb: Optional[mx.array], pos=None, ahead: int = 1) -> mx.array:
         h = emb[None] if emb is not None else thinker.embed(ids[None])
-        hidden = thinker.model(h, cache, pos, rope_delta)
+        if compile_decode and pos is None and compilable(h, cache):
+            hidden = step_for(thinker.model)(h, cache, rope_delta, ahead)
+        else:
+            hidden = thinker.model(h, cache, pos, rope_delta)
         if capture is not None:
             capture.append((h[0], hidden[0]))
         return hidden
@@ -83,7 +90,7 @@ def generate_step(
     def step(ids: mx.array, n: int, emb: Optional[mx.array] = None, pos=None) -> mx.array:
         nonlocal tokens
         with mx.stream(GENERATION_STREAM):
-            hidden = forward(ids, emb, pos)
+            hidden = forward(ids, emb, pos, max_tokens - n)
             if forced is not None:
                 return mx.array([forced[n]], dtype=mx.uint32)
             logits = process(thinker.logits(hidden[:, -1, :]), tokens, logits_processors)
@@ -108,6 +115,9 @@ def generate_step(
     mx.async_eval(y, *captured())
     if kv_bits:
         quantize_cache(cache, kv_bits)
+    if compile_decode:  # buffers that hold the whole reply (up to AHEAD): one trace for it
+        with mx.stream(GENERATION_STREAM):
+            prepare(thinker.model, cache, max_tokens)
     for n in range(max_tokens):
         if n + 1 < max_tokens:
             next_y = step(y, n + 1)

@@ -86,6 +86,7 @@ class Turn:
             sampler=make_thinker_sampler(opts.temperature, opts.top_p, opts.top_k, opts.min_p),
             position_ids=prompt.positions, rope_delta=prompt.rope_delta,
             seen_ids=prompt.ids[:prompt.cached], forced_ids=forced_ids, kv_bits=opts.kv_bits,
+            compile_decode=opts.compile_decode,
         )
         if fed is not None:
             steps = _recorded(steps, fed)

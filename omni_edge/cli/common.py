@@ -24,6 +24,8 @@ def add_generation_options(p):
     p.add_argument("--max-kv-size", type=int,
                    help="a rotating KV cache of this many positions (bounds memory)")
     p.add_argument("--kv-bits", type=int, choices=[4, 8], help="quantize the KV cache")
+    p.add_argument("--no-compile", action="store_true",
+                   help="build each decode step op by op (not as one compiled graph)")
 
 
 def add_speech_options(p):
@@ -57,7 +59,7 @@ def generation_options(args) -> dict:
     return dict(max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p,
                 top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                 seed=args.seed, max_context=args.max_context, max_kv_size=args.max_kv_size,
-                kv_bits=args.kv_bits)
+                kv_bits=args.kv_bits, compile_decode=not args.no_compile)
 
 
 def speech_options(args) -> SpeechOptions:
@@ -66,7 +68,8 @@ def speech_options(args) -> SpeechOptions:
         talker_top_p=args.talker_top_p, talker_repetition_penalty=args.talker_repetition_penalty,
         max_codec_tokens=args.max_codec_tokens, first_chunk_frames=args.first_chunk_frames,
         chunk_frames=args.chunk_frames, solver=args.solver, token2wav_steps=args.token2wav_steps,
-        dit_dtype=args.dit_dtype, overlap=not args.no_overlap)
+        dit_dtype=args.dit_dtype, overlap=not args.no_overlap,
+        compile_decode=not args.no_compile)
 
 
 def load_model(args, speech: bool = True):

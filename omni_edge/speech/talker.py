@@ -13,6 +13,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import mlx.core as mx
 
+from ..compiled_step import compilable, prepare, step_for
 from ..decode import GENERATION_STREAM
 from ..options import SpeechOptions
 from ..processing.rope_index import rope_index
@@ -116,10 +117,19 @@ class TalkerSession:
         self.table = model.config.token2wav_config.dit_config.num_embeds + 1
         self.steps = 0
 
+    def _logits(self, x: mx.array, positions) -> mx.array:
+        """The codec logits [1, V] after rows x [L, E]; one row runs the compiled step."""
+        talker, h = self.talker, x[None]
+        if self.speech.compile_decode and positions is None and compilable(h, self.cache):
+            ahead = self.speech.max_codec_tokens - self.steps
+            hidden = step_for(talker.model)(talker.thinker_to_talker_proj(h), self.cache,
+                                            self.rope_delta, ahead)
+            return talker.codec_head(hidden[:, -1, :]).astype(mx.float32)
+        return talker(h, self.cache, positions, self.rope_delta, last_only=True)[:, -1, :]
+
     def _next(self, x: mx.array, positions=None) -> mx.array:
         with mx.stream(GENERATION_STREAM):
-            logits = self.talker(x[None], self.cache, positions, self.rope_delta, last_only=True)
-            logits = logits[:, -1, :]
+            logits = self._logits(x, positions)
             if self.penalty is not None:
                 logits = self.penalty(self.history, logits)
             code = self.samplers[self.steps >= self.speech.min_codec_tokens](logits)
@@ -138,7 +148,11 @@ class TalkerSession:
         positions = None
         if self.position_ids is not None:
             positions = mx.array(self.position_ids)[:, None, held:]  # (3, 1, P+2 - held)
-        return self._next(rows, positions)
+        code = self._next(rows, positions)
+        if self.speech.compile_decode:  # buffers for the utterance (up to AHEAD): one trace
+            with mx.stream(GENERATION_STREAM):
+                prepare(self.talker.model, self.cache, self.speech.max_codec_tokens)
+        return code
 
     def step(self, code: mx.array, part: mx.array) -> mx.array:
         """The next code after `code`, reading one row [E] of the Thinker's reply stream."""
