@@ -24,7 +24,8 @@ from mlx_lm.models.cache import KVCache
 # positions at once, since each new length traces the step again.
 STEP = KVCache.step
 AHEAD = 1024
-# Tracing is not thread-safe (the compile cache is shared): one thread builds a step at a time.
+# While tracing, MLX puts its tracers into the step's module copies, which every thread shares:
+# one thread calls (and so may trace) a step at a time.
 _LOCK = threading.Lock()
 
 
