@@ -9,7 +9,10 @@ renders the stream:
 - `overlap`, `overlap48`: windows on their own stream while decoding goes on (24 or 48-frame
   first chunk);
 - `rk4-6`, `fast`, `fast24`, `fastest`, `fast-inline`: cheaper ODE solvers
-  (`omni_edge.models.solvers`), overlapped unless `-inline`.
+  (`omni_edge.models.solvers`), overlapped unless `-inline`;
+- `inline48`, `overlap48-compiled`, `fastest-compiled`: A/B rows: windows in line, or each
+  one-token decode step as one compiled graph (`compile_decode=True`; `--compile-decode` turns
+  it on for every row). Each row records its `compile_decode`.
 
 For each it prints the first chunk (when, and how long it is), the glitch-free start (the
 earliest playback start that never stalls) and the stalls of a player that starts at 150 ms
@@ -83,6 +86,12 @@ VARIANTS = {  # SpeechOptions for each row
                     solver="fastest"),
     "fast-inline": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16",
                         solver="fast", overlap=False),
+    # A/B rows of the default (overlap48): windows in line, and decode steps built op by op
+    "inline48": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16", overlap=False),
+    "overlap48-compiled": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16",
+                               compile_decode=True),
+    "fastest-compiled": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16",
+                             solver="fastest", compile_decode=True),
 }
 SPEAKER_BOS = 151870
 THINKER_IDS = {  # as the published config.json writes them
@@ -179,13 +188,13 @@ def drift(model, codes, noise, streamed: np.ndarray) -> float:
 
 
 def run_ours(size: str, q_bits: int, variants, repeats: int, text_tokens: int, codes: int,
-             save, compile_decode: bool = True) -> list:
+             save, compile_decode: bool = False) -> list:
     model = build(size, q_bits)
     clip = (0.3 * np.sin(np.linspace(0, 8000, 16000 * CLIP_SECONDS))).astype(np.float32)
     noise = mx.random.normal((30000, 80), key=mx.random.key(1))
     rows = []
     for name in variants:
-        v = {**VARIANTS[name], "compile_decode": compile_decode}
+        v = {"compile_decode": compile_decode, **VARIANTS[name]}
         model.token2wav.code2wav_dit_model.set_dtype(getattr(mx, v["dit_dtype"]))
         turn(model, clip[:16000], 8, 60, v, noise)  # warm-up: compiles this variant's kernels
         runs = [turn(model, clip, text_tokens, codes, v, noise) for _ in range(repeats)]
@@ -193,7 +202,7 @@ def run_ours(size: str, q_bits: int, variants, repeats: int, text_tokens: int, c
         err = drift(model, best.pop("_codes"), noise, best.pop("_audio"))
         for r in runs:
             r.pop("_codes", None), r.pop("_audio", None)
-        impl = "omni-edge" if compile_decode else "omni-edge no-compile"
+        impl = "omni-edge compiled" if v["compile_decode"] else "omni-edge"
         rows.append({"size": size, "impl": impl, "variant": name, **v,
                      "thinker": f"{q_bits}-bit" if q_bits else "bf16", **best,
                      "audio_drift": err, "runs": runs})
@@ -294,8 +303,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--transformers", action="store_true", help="also run transformers' generate()")
     ap.add_argument("--skip-ours", action="store_true")
-    ap.add_argument("--no-compile", action="store_true",
-                    help="decode steps op by op, not compiled (compile_decode=False), for the A/B")
+    ap.add_argument("--compile-decode", action="store_true",
+                    help="every row's one-token decode steps as one compiled graph")
     ap.add_argument("--device-name", default=None)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--summarize", nargs="+", metavar="JSON")
@@ -320,7 +329,7 @@ def main():
             print(f"transformers run failed: {type(err).__name__}: {err}", flush=True)
     if not a.skip_ours:
         run_ours(a.size, a.q_bits, a.variants.split(","), a.repeats, a.text_tokens, a.codes, save,
-                 compile_decode=not a.no_compile)
+                 compile_decode=a.compile_decode)
     if a.out:
         summarize([a.out])
 

@@ -47,7 +47,7 @@ def generate_step(
     seen_ids: Optional[List[int]] = None,
     forced_ids: Optional[List[int]] = None,
     kv_bits: Optional[int] = None,
-    compile_decode: bool = True,
+    compile_decode: bool = False,
 ) -> Iterator[int]:
     """Yield Thinker tokens after `prompt_ids` (whose embeddings may be given, [L, H], when
     the prompt holds media), fed after whatever `cache` already holds. Logits reach the

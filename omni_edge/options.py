@@ -42,7 +42,9 @@ class GenerationOptions:
     noise: Any = None  # Token2Wav's starting noise [frames, 80], for reproducible speech
     max_kv_size: Optional[int] = None  # a rotating Thinker KV cache of this many positions
     kv_bits: Optional[int] = None  # quantize the Thinker KV cache (4 or 8 bits) after prefill
-    compile_decode: bool = True  # one-token steps as one compiled graph (compiled_step)
+    # one-token steps as one compiled graph (compiled_step); off: slower on MLX's CUDA backend
+    # in the H200 turn benchmark, not yet measured on Apple silicon
+    compile_decode: bool = False
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -84,7 +86,7 @@ class SpeechOptions:
     token2wav_steps: Optional[int] = None  # overrides the solver's time points
     dit_dtype: Optional[str] = None
     overlap: bool = True  # render audio windows on their own stream while decoding goes on
-    compile_decode: bool = True  # the Talker's steps as one compiled graph (compiled_step)
+    compile_decode: bool = False  # the Talker's steps as one compiled graph (compiled_step)
 
     def __post_init__(self):
         if self.talker_repetition_penalty <= 0:

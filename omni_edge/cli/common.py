@@ -24,8 +24,9 @@ def add_generation_options(p):
     p.add_argument("--max-kv-size", type=int,
                    help="a rotating KV cache of this many positions (bounds memory)")
     p.add_argument("--kv-bits", type=int, choices=[4, 8], help="quantize the KV cache")
-    p.add_argument("--no-compile", action="store_true",
-                   help="build each decode step op by op (not as one compiled graph)")
+    p.add_argument("--compile-decode", action="store_true",
+                   help="run each one-token decode step as one compiled graph (experimental: "
+                        "slower than op by op on MLX's CUDA backend so far)")
 
 
 def add_speech_options(p):
@@ -59,7 +60,7 @@ def generation_options(args) -> dict:
     return dict(max_tokens=args.max_tokens, temperature=args.temp, top_p=args.top_p,
                 top_k=args.top_k, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                 seed=args.seed, max_context=args.max_context, max_kv_size=args.max_kv_size,
-                kv_bits=args.kv_bits, compile_decode=not args.no_compile)
+                kv_bits=args.kv_bits, compile_decode=args.compile_decode)
 
 
 def speech_options(args) -> SpeechOptions:
@@ -69,7 +70,7 @@ def speech_options(args) -> SpeechOptions:
         max_codec_tokens=args.max_codec_tokens, first_chunk_frames=args.first_chunk_frames,
         chunk_frames=args.chunk_frames, solver=args.solver, token2wav_steps=args.token2wav_steps,
         dit_dtype=args.dit_dtype, overlap=not args.no_overlap,
-        compile_decode=not args.no_compile)
+        compile_decode=args.compile_decode)
 
 
 def load_model(args, speech: bool = True):
