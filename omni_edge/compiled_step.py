@@ -12,6 +12,8 @@ axis, the layers' own weights becoming views of them, so nothing is held twice).
 
 import copy
 import threading
+import weakref
+from types import SimpleNamespace
 from typing import Any, List
 
 import mlx.core as mx
@@ -76,32 +78,42 @@ def _arrays(module) -> list:
     return [v for _, v in tree_flatten(module.parameters())]
 
 
-def _layer(attn, parts: dict, h, mask, slot, position):
-    """DecoderLayer.__call__ for one position, with fused q/k/v and gate/up projections
-    (`attn` gives the head layout and the rotary embedding)."""
-    B = h.shape[0]
-    q_width, kv_width = attn.n_heads * attn.head_dim, attn.n_kv_heads * attn.head_dim
+def _heads(attn) -> SimpleNamespace:
+    """The head layout and rotary base of an Attention (no arrays: no reference to the model)."""
+    return SimpleNamespace(n_heads=attn.n_heads, n_kv_heads=attn.n_kv_heads,
+                           head_dim=attn.head_dim, scale=attn.scale, theta=attn.theta)
+
+
+def _rotate(x, heads, position):
+    return mx.fast.rope(x, heads.head_dim, traditional=False, base=heads.theta, scale=1.0,
+                        offset=position)
+
+
+def _layer(heads, parts: dict, h, mask, slot, position):
+    """DecoderLayer.__call__ for one position, with fused q/k/v and gate/up projections."""
+    B, D = h.shape[0], heads.head_dim
+    q_width, kv_width = heads.n_heads * D, heads.n_kv_heads * D
     qkv = parts["qkv"](parts["input_layernorm"](h))
     q, k, v = mx.split(qkv, [q_width, q_width + kv_width], axis=-1)
-    q = q.reshape(B, attn.n_heads, 1, attn.head_dim)  # (B, H, 1, hd): one position
-    k = k.reshape(B, attn.n_kv_heads, 1, attn.head_dim)
-    v = v.reshape(B, attn.n_kv_heads, 1, attn.head_dim)
-    k, v = slot.update_and_fetch(attn.rotate(k, position), v)
-    out = mx.fast.scaled_dot_product_attention(attn.rotate(q, position), k, v, scale=attn.scale,
-                                               mask=mask)
+    q = q.reshape(B, heads.n_heads, 1, D)  # (B, H, 1, hd): one position
+    k = k.reshape(B, heads.n_kv_heads, 1, D)
+    v = v.reshape(B, heads.n_kv_heads, 1, D)
+    k, v = slot.update_and_fetch(_rotate(k, heads, position), v)
+    out = mx.fast.scaled_dot_product_attention(_rotate(q, heads, position), k, v,
+                                               scale=heads.scale, mask=mask)
     h = h + parts["o_proj"](out.reshape(B, 1, q_width))
     gate, up = mx.split(parts["gate_up"](parts["post_attention_layernorm"](h)), 2, axis=-1)
     return h + parts["down_proj"](swiglu(gate, up))
 
 
-def _body(decoder, tree: dict):
+def _body(heads: list, tree: dict):
     def step(h, offset, position, keys, values):
         """h [B, 1, hidden] at `offset` ([1] int32; rope at `position`) over buffers
         [B, Hkv, S, D] → (normed hidden [B, 1, hidden], updated keys, updated values)."""
         mask = mx.arange(keys[0].shape[2]) <= offset  # (S,): this position and those before
         slots = [_Slot(k, v, offset) for k, v in zip(keys, values)]
-        for layer, parts, slot in zip(decoder.layers, tree["layers"], slots):
-            h = _layer(layer.self_attn, parts, h, mask, slot, position)
+        for layer_heads, parts, slot in zip(heads, tree["layers"], slots):
+            h = _layer(layer_heads, parts, h, mask, slot, position)
         return tree["norm"](h), [s.keys for s in slots], [s.values for s in slots]
 
     return step
@@ -113,23 +125,26 @@ class CompiledStep:
     function's implicit inputs; `refresh` rebuilds the layers whose weights were replaced."""
 
     def __init__(self, decoder):
-        self.decoder = decoder
+        # The decoder keeps its step; the step only a weak reference to it (no cycle: a
+        # dropped model is freed at once).
+        self.decoder = weakref.ref(decoder)
         self.tree = {"layers": [_layer_parts(layer) for layer in decoder.layers],
                      "norm": copy.copy(decoder.norm)}
         self.sources = [_arrays(layer) for layer in decoder.layers] + [_arrays(decoder.norm)]
-        self.body = _body(decoder, self.tree)  # the uncompiled graph, for counting kernels
+        heads = [_heads(layer.self_attn) for layer in decoder.layers]
+        self.body = _body(heads, self.tree)  # the uncompiled graph, for counting kernels
         self.fn = mx.compile(self.body, inputs=self.tree)
 
     def refresh(self):
         """Rebuild what was made of weights replaced since (loaded again, cast)."""
+        decoder = self.decoder()
         with _LOCK:
-            for i, layer in enumerate(self.decoder.layers):
+            for i, layer in enumerate(decoder.layers):
                 if any(a is not b for a, b in zip(_arrays(layer), self.sources[i])):
                     self.tree["layers"][i] = _layer_parts(layer)
                     self.sources[i] = _arrays(layer)
-            if any(a is not b for a, b in zip(_arrays(self.decoder.norm), self.sources[-1])):
-                self.tree["norm"], self.sources[-1] = (copy.copy(self.decoder.norm),
-                                                       _arrays(self.decoder.norm))
+            if any(a is not b for a, b in zip(_arrays(decoder.norm), self.sources[-1])):
+                self.tree["norm"], self.sources[-1] = copy.copy(decoder.norm), _arrays(decoder.norm)
 
     def __call__(self, h: mx.array, cache: List[Any], rope_delta: int = 0,
                  ahead: int = 1) -> mx.array:
