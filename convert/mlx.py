@@ -3,7 +3,7 @@
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -89,15 +89,14 @@ class _ShardWriter:
         (self.out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def _expected_shapes(config: OmniConfig) -> Dict[str, tuple]:
-    # Building the model allocates nothing: MLX parameters stay lazy until evaluated.
-    return {k: tuple(v.shape) for k, v in tree_flatten(OmniModel(config).parameters())}
-
-
-def _linear_weights(config: OmniConfig) -> set:
-    """Keys of every linear layer's weight: those whose input can be zero-padded."""
-    return {f"{path}.weight" for path, m in OmniModel(config).named_modules()
-            if isinstance(m, nn.Linear)}
+def _layout(config: OmniConfig) -> Tuple[Dict[str, tuple], set]:
+    """The shape of every tensor the model needs, and the keys of its linear layers' weights
+    (those whose input can be zero-padded). Building the model allocates nothing: MLX
+    parameters stay lazy until evaluated."""
+    model = OmniModel(config)
+    shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    linear = {f"{path}.weight" for path, m in model.named_modules() if isinstance(m, nn.Linear)}
+    return shapes, linear
 
 
 def _convert_tensor(key: str, w: mx.array, *, dtype, token2wav_dtype, bits, group_size,
@@ -182,8 +181,7 @@ def convert(
 def _write_weights(src, out, config, *, dtype, plan: Plan, group_size, converted,
                    max_shard_bytes, progress) -> Dict[str, mx.array]:
     """Stream every tensor into `out`; returns the speaker encoder's float32 weights."""
-    expected = _expected_shapes(config)
-    linear = _linear_weights(config)
+    expected, linear = _layout(config)
     writer = _ShardWriter(out, max_shard_bytes)
     seen, encoder = set(), {}
     shards = weight_shards(src)
