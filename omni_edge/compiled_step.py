@@ -173,6 +173,15 @@ def compilable(h: mx.array, cache) -> bool:
             and len({c.offset for c in cache}) == 1)
 
 
+def decoder_pass(decoder, h: mx.array, cache, positions=None, rope_delta: int = 0, *,
+                 compiled: bool = False, ahead: int = 1) -> mx.array:
+    """`decoder(h, cache, positions, rope_delta)`, or with `compiled`, the compiled step when
+    this pass is one it can take (`compilable`, sequential positions)."""
+    if compiled and positions is None and compilable(h, cache):
+        return step_for(decoder)(h, cache, rope_delta, ahead)
+    return decoder(h, cache, positions, rope_delta)
+
+
 def reserve(cache: List[Any], n: int):
     """Grow every buffer of plain, filled KV caches, ahead of time, to hold `n` more positions
     (at most AHEAD), rounded up to STEP. Other caches, and buffers long enough, stay as they are."""

@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.cache import KVCache
 
-from .compiled_step import compilable, prepare, step_for
+from .compiled_step import decoder_pass, prepare
 from .options import PREFILL_STEP
 from .sampling import process
 
@@ -76,10 +76,8 @@ def generate_step(
 
     def forward(ids: mx.array, emb: Optional[mx.array], pos=None, ahead: int = 1) -> mx.array:
         h = emb[None] if emb is not None else thinker.embed(ids[None])
-        if compile_decode and pos is None and compilable(h, cache):
-            hidden = step_for(thinker.model)(h, cache, rope_delta, ahead)
-        else:
-            hidden = thinker.model(h, cache, pos, rope_delta)
+        hidden = decoder_pass(thinker.model, h, cache, pos, rope_delta,
+                              compiled=compile_decode, ahead=ahead)
         if capture is not None:
             capture.append((h[0], hidden[0]))
         return hidden

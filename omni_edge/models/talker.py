@@ -1,6 +1,6 @@
 """The Talker: a Qwen2 decoder that turns the Thinker's states into speech-codec tokens."""
 
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -37,10 +37,15 @@ class Talker(nn.Module):
         position_ids: Optional[mx.array] = None,
         rope_delta: int = 0,
         last_only: bool = False,
+        run: Optional[Callable] = None,
     ) -> mx.array:
         """Codec logits (float32, as the reference casts them) for `inputs_embeds` [B, L, E];
-        with `last_only`, for the last position alone [B, 1, V] (all a decode step reads)."""
-        h = self.model(self.thinker_to_talker_proj(inputs_embeds), cache, position_ids, rope_delta)
+        with `last_only`, for the last position alone [B, 1, V] (all a decode step reads).
+        `run(decoder, h, cache, position_ids, rope_delta)` stands in for calling the decoder
+        (the compiled decode step, `compiled_step.decoder_pass`)."""
+        run = run or (lambda decoder, *args: decoder(*args))
+        h = run(self.model, self.thinker_to_talker_proj(inputs_embeds), cache, position_ids,
+                rope_delta)
         if last_only:
             h = h[:, -1:, :]
         return self.codec_head(h).astype(mx.float32)

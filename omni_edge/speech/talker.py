@@ -9,11 +9,12 @@ Talker run after the whole reply (`talker_codes`)."""
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Iterator, List, Optional, Tuple
 
 import mlx.core as mx
 
-from ..compiled_step import compilable, prepare, step_for
+from ..compiled_step import decoder_pass, prepare
 from ..decode import GENERATION_STREAM
 from ..options import SpeechOptions
 from ..processing.rope_index import rope_index
@@ -119,13 +120,10 @@ class TalkerSession:
 
     def _logits(self, x: mx.array, positions) -> mx.array:
         """The codec logits [1, V] after rows x [L, E]; one row runs the compiled step."""
-        talker, h = self.talker, x[None]
-        if self.speech.compile_decode and positions is None and compilable(h, self.cache):
-            ahead = self.speech.max_codec_tokens - self.steps
-            hidden = step_for(talker.model)(talker.thinker_to_talker_proj(h), self.cache,
-                                            self.rope_delta, ahead)
-            return talker.codec_head(hidden[:, -1, :]).astype(mx.float32)
-        return talker(h, self.cache, positions, self.rope_delta, last_only=True)[:, -1, :]
+        run = partial(decoder_pass, compiled=self.speech.compile_decode,
+                      ahead=self.speech.max_codec_tokens - self.steps)
+        return self.talker(x[None], self.cache, positions, self.rope_delta, last_only=True,
+                           run=run)[:, -1, :]
 
     def _next(self, x: mx.array, positions=None) -> mx.array:
         with mx.stream(GENERATION_STREAM):
