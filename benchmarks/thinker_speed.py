@@ -27,17 +27,14 @@ from mlx_lm.models import qwen2
 from omni_edge.config import ThinkerConfig
 from omni_edge.generate import generate_step
 from omni_edge.models.thinker import Thinker
+from omni_edge.turn_graphs import GROUP_SIZE, TEXT, quantizable
 
-SIZES = {  # published thinker text configs (omni_spec.md §2)
-    "3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-               num_attention_heads=16, num_key_value_heads=2),
-    "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-               num_attention_heads=28, num_key_value_heads=4),
+SIZES = {  # the published thinker text configs (turn_graphs.TEXT), and a small stand-in
+    "3b": TEXT["3b"], "7b": TEXT["7b"],
     "tiny": dict(vocab_size=151936, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2),
 }
 MODES = {"bf16": None, "8bit": 8, "4bit": 4}
-GROUP_SIZE = 64
 
 
 def build(kind: str, size: str, bits):
@@ -53,9 +50,8 @@ def build(kind: str, size: str, bits):
         args = qwen2.ModelArgs(model_type="qwen2", rms_norm_eps=1e-6, tie_word_embeddings=False, **dims)
         model = qwen2.Model(args)
     model.set_dtype(mx.bfloat16)
-    if bits:  # the layers a group divides (the Thinker's vision patch embedding is 1176 wide)
-        nn.quantize(model, group_size=GROUP_SIZE, bits=bits, class_predicate=lambda _, m: (
-            hasattr(m, "to_quantized") and m.weight.shape[-1] % GROUP_SIZE == 0))
+    if bits:  # as the turn graphs quantize (not the Thinker's 1176-wide vision patch embedding)
+        nn.quantize(model, group_size=GROUP_SIZE, bits=bits, class_predicate=quantizable)
     mx.eval(model.parameters())
     return model
 

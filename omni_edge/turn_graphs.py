@@ -81,7 +81,7 @@ def build(size: str, thinker_bits: int = 4, talker_bits: int = 8, dit_dtype: str
     for part, bits in ((model.thinker.audio_tower, encoder_bits), (model.thinker.visual, encoder_bits),
                        (model.thinker, thinker_bits), (model.talker, talker_bits)):
         if bits:  # the encoders first: the Thinker's pass then skips their quantized layers
-            nn.quantize(part, GROUP_SIZE, bits, class_predicate=_quantizable)
+            nn.quantize(part, GROUP_SIZE, bits, class_predicate=quantizable)
     if materialize:
         mx.eval(model.parameters())
     else:
@@ -89,7 +89,7 @@ def build(size: str, thinker_bits: int = 4, talker_bits: int = 8, dit_dtype: str
     return model
 
 
-def _quantizable(path: str, module) -> bool:
+def quantizable(path: str, module) -> bool:
     return (hasattr(module, "to_quantized") and not hasattr(module, "scales")
             and module.weight.shape[-1] % GROUP_SIZE == 0
             and not any(n in path for n in NOT_QUANTIZED))
