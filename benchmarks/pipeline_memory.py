@@ -182,7 +182,8 @@ def _self_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _rss_unit() / GB
 
 
-def worker_api(model_dir: str, clip: str, text_tokens: int, codes: int) -> dict:
+def worker_api(model_dir: str, clip: str, text_tokens: int, codes: int,
+               low_memory: bool = False) -> dict:
     import mlx.core as mx
 
     import omni_edge
@@ -194,7 +195,7 @@ def worker_api(model_dir: str, clip: str, text_tokens: int, codes: int) -> dict:
     mx.clear_cache()
     mx.reset_peak_memory()
     start = time.perf_counter()
-    model = omni_edge.load(model_dir)
+    model = omni_edge.load(model_dir, keep_encoders=not low_memory)
     row.update(load_s=time.perf_counter() - start, load_gb=mx.get_active_memory() / GB,
                load_peak_gb=mx.get_peak_memory() / GB, load_rss_gb=_self_rss_gb())
     messages = [{"role": "user", "content": [{"type": "audio", "audio": clip}]}]
@@ -215,7 +216,8 @@ def worker_api(model_dir: str, clip: str, text_tokens: int, codes: int) -> dict:
     row.update(after_turn_gb=mx.get_active_memory() / GB, rss_gb=_self_rss_gb(),
                encoders_loaded=[n for n in ("audio_tower", "visual")
                                 if type(getattr(model.thinker, n)).__name__ != "OnDemand"])
-    row["transient_gb"] = transients(model, clip)
+    if not low_memory:  # the same stages, whatever is kept between them
+        row["transient_gb"] = transients(model, clip)
     return row
 
 
@@ -244,13 +246,16 @@ def transients(model, clip: str) -> dict:
     stream = StreamingToken2Wav(model.token2wav, next(iter(model.voices)))
     codes = mx.zeros((144,), dtype=mx.int32)  # a 216-frame window with its 72 frames of context
     noise = mx.zeros((288, 80))
-    window = lambda: dit.sample(codes, mx.array(voice["cond"]), mx.array(voice["ref_mel"]),  # noqa: E731
-                                noise, speaker=stream.speaker, lazy=True)
+    window = lambda lazy=True: dit.sample(codes, mx.array(voice["cond"]),  # noqa: E731
+                                          mx.array(voice["ref_mel"]), noise,
+                                          speaker=stream.speaker, lazy=lazy)
     vocoder_mel = mx.zeros((1, 80, 256))
     return {
         "audio_encoder": measure(lambda: thinker.audio_tower([mel.astype(mx.bfloat16)])),
         "thinker_prefill_300": measure(lambda: thinker.model(thinker.embed(tokens), thinker.make_cache())),
         "dit_window_288": measure(window),
+        # evaluated per solver stage (small graphs) instead of queued whole
+        "dit_window_288_stepwise": measure(lambda: window(lazy=False)),
         "bigvgan_window_256": measure(lambda: model.token2wav.code2wav_bigvgan_model(vocoder_mel)),
     }
 
@@ -293,6 +298,8 @@ def main():
     ap.add_argument("--text-tokens", type=int, default=TEXT_TOKENS)
     ap.add_argument("--codes", type=int, default=CODES)
     ap.add_argument("--clip-seconds", type=float, default=CLIP_SECONDS)
+    ap.add_argument("--low-memory", action="store_true",
+                    help="also time the API turn with load(keep_encoders=False) (api_turn_low_memory)")
     ap.add_argument("--device-name")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--worker", choices=["api", "chat"], help=argparse.SUPPRESS)
@@ -304,7 +311,7 @@ def main():
             if getattr(a, k) == ap.get_default(k):
                 setattr(a, k, v)
     if a.worker == "api":
-        return print(json.dumps(worker_api(a.model, a.clip, a.text_tokens, a.codes)))
+        return print(json.dumps(worker_api(a.model, a.clip, a.text_tokens, a.codes, a.low_memory)))
     if a.worker == "chat":
         return print(json.dumps(worker_chat(a.model, a.chat_turns, a.chat_max_context)))
 
@@ -344,6 +351,11 @@ def main():
                                                       "--clip", str(clip), "--text-tokens",
                                                       str(a.text_tokens), "--codes", str(a.codes)],
                                          work / f"{preset}-api.log")
+            if a.low_memory:
+                row["api_turn_low_memory"] = run_measured(
+                    env_cmd + [me, "--worker", "api", "--model", str(out), "--clip", str(clip),
+                               "--text-tokens", str(a.text_tokens), "--codes", str(a.codes),
+                               "--low-memory"], work / f"{preset}-api-low-memory.log")
             row["cli_turn"] = run_measured(env_cmd + [
                 "-m", "omni_edge.cli", "generate", "--model", str(out), "--audio", str(clip),
                 "--speak", str(work / "reply.wav"), "--max-tokens", str(a.text_tokens),
@@ -378,7 +390,12 @@ def table(result: dict):
               f"{api.get('token2wav_peak_gb', 0):6.2f} {api.get('rss_gb', 0):7.2f} "
               f"{cli.get('seconds', 0):6.1f} {cli.get('peak_rss_gb', 0):7.2f} "
               f"{chat.get('first_gb', 0):5.2f}→{chat.get('last_gb', 0):5.2f}")
-        for what in ("convert", "api_turn", "cli_turn", "chat"):
+        low = r.get("api_turn_low_memory")
+        if low and not low.get("rc"):
+            print(f"  --low-memory (encoders freed after use): prefill {low['prefill_peak_gb']:.2f}, "
+                  f"decode {low['decode_peak_gb']:.2f}, t2w {low['token2wav_peak_gb']:.2f}, "
+                  f"turn peak {low['turn_peak_gb']:.2f} GB")
+        for what in ("convert", "api_turn", "api_turn_low_memory", "cli_turn", "chat"):
             if r.get(what, {}).get("rc"):
                 print(f"  {what} failed: {r[what].get('error')}")
 

@@ -145,7 +145,11 @@ def test_cli_answers_an_audio_question(setup, tmp_path, capsys):
     wav = tmp_path / "q.wav"
     sf.write(wav, chirp(1.5), SR)
     cli_main(["generate", "--model", str(out), "--audio", str(wav), "--max-tokens", "4"])
-    assert "Generation: 4 tokens" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Generation: 4 tokens" in printed
+    # --low-memory frees the encoder after use: the same reply
+    cli_main(["generate", "--model", str(out), "--audio", str(wav), "--max-tokens", "4", "--low-memory"])
+    assert capsys.readouterr().out.split("=" * 10)[0] == printed.split("=" * 10)[0]
     with pytest.raises(SystemExit) as exc:
         cli_main(["generate", "--model", str(out), "--audio", str(tmp_path / "missing.wav")])
     assert exc.value.code == 2

@@ -127,7 +127,7 @@ def chat_args(model_dir, save=None, **kw):
                 chunk_frames=None, dit_dtype="float32",
                 token2wav_steps=None, solver="reference", no_overlap=False, max_tokens=4, temp=0.0, top_p=1.0, top_k=0, min_p=0.0,
                 repetition_penalty=1.0, seed=0, max_context=None, truncate=False,
-                max_kv_size=None, kv_bits=None, compile_decode=False)
+                max_kv_size=None, kv_bits=None, compile_decode=False, low_memory=False)
     return Namespace(**{**base, **kw})
 
 

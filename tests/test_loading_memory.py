@@ -63,6 +63,26 @@ def test_encoders_load_on_first_use_with_the_stored_weights(model_dir):
             th.audio_tower.parameters()))[name]), np.array(w))
 
 
+def test_encoders_not_kept_are_freed_after_each_use_and_give_the_same_reply(model_dir):
+    kept, freed = load(str(model_dir)), load(str(model_dir), keep_encoders=False)
+    held = model_bytes(freed)
+    encoder = sum(n for k, (_, n) in _tensor_bytes(model_dir).items()
+                  if k.startswith("thinker.audio_tower."))
+    for turn in range(2):  # the second use reads the weights again
+        expected = generate(kept, AUDIO_TURN, max_tokens=4).token_ids
+        assert generate(freed, AUDIO_TURN, max_tokens=4).token_ids == expected, turn
+        assert isinstance(freed.thinker.audio_tower, OnDemand)
+        mx.eval(freed.parameters())  # would materialize anything the release left behind
+        assert model_bytes(freed) == held
+    for model, kept_after in ((freed, False), (load(str(model_dir)), True)):
+        mx.clear_cache()
+        before = mx.get_active_memory()
+        generate(model, AUDIO_TURN, max_tokens=2)
+        mx.clear_cache()
+        grew = mx.get_active_memory() - before
+        assert grew > 0.9 * encoder if kept_after else grew < encoder / 2, (kept_after, grew, encoder)
+
+
 def test_a_dropped_model_is_freed_at_once(model_dir):
     import weakref
 

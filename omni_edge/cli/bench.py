@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from .common import MODEL_HELP, load_model
+from .common import add_model_options, load_model
 
 
 def add_parser(sub):
@@ -13,7 +13,7 @@ def add_parser(sub):
                        description="A fixed workload (an audio question, a forced-length reply "
                                    "and speech), warmed up, then timed; prints a table and "
                                    "writes a JSON to share.")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_model_options(p)
     p.add_argument("--presets", default="reference,default",
                    help="comma-separated speech presets (omni_edge.bench.PRESETS)")
     p.add_argument("--audio-seconds", type=float, default=10.0, help="length of the question")

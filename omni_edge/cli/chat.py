@@ -9,8 +9,8 @@ import numpy as np
 
 from ..events import SPEECH_SAMPLE_RATE
 from ..voice import add_listen_options, run_listen, wants_listen
-from .common import (MODEL_HELP, add_generation_options, add_speech_options, generation_options,
-                     load_model, speech_options)
+from .common import (add_generation_options, add_model_options, add_speech_options,
+                     generation_options, load_model, speech_options)
 
 TURN_GAP_S = 0.3  # silence between the turns' speech in the --save file
 MEDIA_COMMANDS = {"/audio": "question.wav", "/image": "photo.jpg", "/video": "clip.mp4"}
@@ -49,7 +49,7 @@ def parse_line(line: str):
 def add_parser(sub):
     p = sub.add_parser("chat", help="talk with the model: multi-turn, speaking as it streams",
                        description=HELP)
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_model_options(p)
     p.add_argument("--system", help="system prompt (speech needs the default one)")
     p.add_argument("--text-only", action="store_true", help="reply in text only, no speech")
     p.add_argument("--no-play", action="store_true", help="don't play the speech (headless)")

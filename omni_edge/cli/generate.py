@@ -2,13 +2,13 @@
 
 import sys
 
-from .common import (MODEL_HELP, add_generation_options, add_speech_options, generation_options,
-                     load_model, print_stats, speech_options)
+from .common import (add_generation_options, add_model_options, add_speech_options,
+                     generation_options, load_model, print_stats, speech_options)
 
 
 def add_parser(sub):
     p = sub.add_parser("generate", help="answer one prompt, streaming the text")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_model_options(p)
     p.add_argument("--prompt", "-p", help="the user's text ('-' reads stdin)")
     p.add_argument("--audio", "-a", action="append", default=[], metavar="FILE",
                    help="an audio file (wav, flac, ogg, mp3) sent before the text; repeatable")

@@ -2,7 +2,7 @@
 
 import threading
 import weakref
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -81,16 +81,22 @@ def _is_conv(key: str) -> bool:
 
 class OnDemand(nn.Module):
     """Stands in for a child module (`parent.name`) until first used: then `build()` loads the
-    real module, which takes its place in `parent`, so later calls go straight to it."""
+    real module, which takes its place in `parent`, so later calls go straight to it.
 
-    def __init__(self, parent: nn.Module, name: str, build: Callable[[], nn.Module]):
+    With `release`, the real module is used once per call instead: the call's output is
+    evaluated, `release()` frees the module's weights and the stand-in stays, so the weights
+    are held only while they run (read again on the next call)."""
+
+    def __init__(self, parent: nn.Module, name: str, build: Callable[[], nn.Module],
+                 release: Optional[Callable[[], None]] = None):
         super().__init__()
         # Plain attributes, not children: the stand-in holds no parameters. The parent is held
         # weakly: a cycle would keep a dropped model's memory until the garbage collector runs.
-        object.__setattr__(self, "_target", (weakref.ref(parent), name, build, threading.Lock()))
+        object.__setattr__(self, "_target", (weakref.ref(parent), name, build, threading.RLock(),
+                                             release))
 
     def load(self) -> nn.Module:
-        parent, name, build, lock = object.__getattribute__(self, "_target")
+        parent, name, build, lock, release = object.__getattribute__(self, "_target")
         parent = parent()
         if parent is None:
             raise RuntimeError(f"the model that held {name!r} is gone")
@@ -98,11 +104,20 @@ class OnDemand(nn.Module):
             current = getattr(parent, name)
             if current is self:
                 current = build()
-                setattr(parent, name, current)
+                if release is None:
+                    setattr(parent, name, current)
         return current
 
     def __call__(self, *args, **kwargs):
-        return self.load()(*args, **kwargs)
+        release = object.__getattribute__(self, "_target")[4]
+        if release is None:
+            return self.load()(*args, **kwargs)
+        lock = object.__getattribute__(self, "_target")[3]
+        with lock:  # one call at a time: another thread's release would zero these weights
+            out = self.load()(*args, **kwargs)
+            mx.eval(out)  # computed now: nothing lazy still needs the weights
+            release()
+        return out
 
     def __getattr__(self, key):
         if key.startswith("__"):

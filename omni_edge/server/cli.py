@@ -13,6 +13,9 @@ API_KEY_ENV = "OMNI_EDGE_API_KEY"
 def add_parser(subparsers):
     p = subparsers.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
     p.add_argument("--model", required=True, help="converted dir, HF dir or hub repo id")
+    p.add_argument("--low-memory", action="store_true",
+                   help="free the audio and vision encoders' weights after each use (a lower "
+                        "peak; read again for each request with media)")
     p.add_argument("--model-name", help="the model id /v1/models lists (default: the folder name)")
     p.add_argument("--host", default=DEFAULT_HOST,
                    help="address to listen on (loopback by default; any other needs --api-key)")
@@ -54,7 +57,7 @@ def run_serve(args):
                          f"(or ${API_KEY_ENV}), or listen on {DEFAULT_HOST}")
     if args.max_queue < 0:
         raise ValueError(f"--max-queue must be >= 0, got {args.max_queue}")
-    model = load(args.model)
+    model = load(args.model, keep_encoders=not args.low_memory)
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
     app = create_app(model, name, max_queue=args.max_queue, time_limit=args.time_limit,
                      max_body_mb=args.max_body_mb, allow_local_files=args.allow_local_files,
