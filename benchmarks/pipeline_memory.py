@@ -183,7 +183,7 @@ def _self_rss_gb() -> float:
 
 
 def worker_api(model_dir: str, clip: str, text_tokens: int, codes: int,
-               low_memory: bool = False) -> dict:
+               low_memory: bool = False, solver: str = "reference", stages: bool = True) -> dict:
     import mlx.core as mx
 
     import omni_edge
@@ -203,7 +203,8 @@ def worker_api(model_dir: str, clip: str, text_tokens: int, codes: int,
     mx.reset_peak_memory()
     first, start = True, time.perf_counter()
     for event in omni_edge.stream(model, messages, speak=True, max_tokens=text_tokens,
-                                  max_codec_tokens=codes, min_codec_tokens=codes, seed=0):
+                                  max_codec_tokens=codes, min_codec_tokens=codes, seed=0,
+                                  solver=solver):
         stage = "prefill" if first else "token2wav" if event.type == "audio" else "decode"
         first = False
         peaks[stage] = max(peaks[stage], mx.get_peak_memory() / GB)
@@ -216,12 +217,12 @@ def worker_api(model_dir: str, clip: str, text_tokens: int, codes: int,
     row.update(after_turn_gb=mx.get_active_memory() / GB, rss_gb=_self_rss_gb(),
                encoders_loaded=[n for n in ("audio_tower", "visual")
                                 if type(getattr(model.thinker, n)).__name__ != "OnDemand"])
-    if not low_memory:  # the same stages, whatever is kept between them
-        row["transient_gb"] = transients(model, clip)
+    if not low_memory and stages:  # the same stages, whatever is kept between them
+        row["transient_gb"] = transients(model, clip, solver)
     return row
 
 
-def transients(model, clip: str) -> dict:
+def transients(model, clip: str, solver: str = "reference") -> dict:
     """Each stage's own working memory (peak minus what was held before it), run alone on the
     loaded model: what a spoken turn's peak adds to the weights, stage by stage."""
     import mlx.core as mx
@@ -248,7 +249,7 @@ def transients(model, clip: str) -> dict:
     noise = mx.zeros((288, 80))
     window = lambda lazy=True: dit.sample(codes, mx.array(voice["cond"]),  # noqa: E731
                                           mx.array(voice["ref_mel"]), noise,
-                                          speaker=stream.speaker, lazy=lazy)
+                                          speaker=stream.speaker, lazy=lazy, solver=solver)
     vocoder_mel = mx.zeros((1, 80, 256))
     return {
         "audio_encoder": measure(lambda: thinker.audio_tower([mel.astype(mx.bfloat16)])),
@@ -300,6 +301,11 @@ def main():
     ap.add_argument("--clip-seconds", type=float, default=CLIP_SECONDS)
     ap.add_argument("--low-memory", action="store_true",
                     help="also time the API turn with load(keep_encoders=False) (api_turn_low_memory)")
+    ap.add_argument("--solver", default="reference",
+                    help="Token2Wav solver of the turns (memory per DiT evaluation is the same for "
+                         "all; a cheaper one makes a CPU run shorter)")
+    ap.add_argument("--no-stages", action="store_true",
+                    help="skip measuring each stage's working memory alone (slow on a CPU)")
     ap.add_argument("--device-name")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--worker", choices=["api", "chat"], help=argparse.SUPPRESS)
@@ -311,7 +317,8 @@ def main():
             if getattr(a, k) == ap.get_default(k):
                 setattr(a, k, v)
     if a.worker == "api":
-        return print(json.dumps(worker_api(a.model, a.clip, a.text_tokens, a.codes, a.low_memory)))
+        return print(json.dumps(worker_api(a.model, a.clip, a.text_tokens, a.codes, a.low_memory,
+                                           a.solver, not a.no_stages)))
     if a.worker == "chat":
         return print(json.dumps(worker_chat(a.model, a.chat_turns, a.chat_max_context)))
 
@@ -329,6 +336,7 @@ def main():
         checkpoint, earlier = write_checkpoint(a.size, hf), None
     result = {"device": a.device_name or str(mx.default_device()), "size": a.size,
               "workload": {"audio_in_s": a.clip_seconds, "text_tokens": a.text_tokens,
+                           "solver": a.solver,
                            "codec_tokens": a.codes, "chat_turns": a.chat_turns},
               "checkpoint": checkpoint, "presets": earlier["presets"] if earlier else []}
     print(f"checkpoint: {json.dumps(result['checkpoint'])}", flush=True)
@@ -349,17 +357,20 @@ def main():
         if row["convert"]["rc"] == 0 and not a.convert_only:
             row["api_turn"] = run_measured(env_cmd + [me, "--worker", "api", "--model", str(out),
                                                       "--clip", str(clip), "--text-tokens",
-                                                      str(a.text_tokens), "--codes", str(a.codes)],
+                                                      str(a.text_tokens), "--codes", str(a.codes),
+                                                      "--solver", a.solver],
                                          work / f"{preset}-api.log")
             if a.low_memory:
                 row["api_turn_low_memory"] = run_measured(
                     env_cmd + [me, "--worker", "api", "--model", str(out), "--clip", str(clip),
                                "--text-tokens", str(a.text_tokens), "--codes", str(a.codes),
-                               "--low-memory"], work / f"{preset}-api-low-memory.log")
+                               "--solver", a.solver, "--low-memory"],
+                    work / f"{preset}-api-low-memory.log")
             row["cli_turn"] = run_measured(env_cmd + [
                 "-m", "omni_edge.cli", "generate", "--model", str(out), "--audio", str(clip),
                 "--speak", str(work / "reply.wav"), "--max-tokens", str(a.text_tokens),
-                "--max-codec-tokens", str(a.codes)], work / f"{preset}-cli.log")
+                "--max-codec-tokens", str(a.codes), "--solver", a.solver]
+                + (["--low-memory"] if a.low_memory else []), work / f"{preset}-cli.log")
             if a.chat_turns:
                 row["chat"] = run_measured(env_cmd + [me, "--worker", "chat", "--model", str(out),
                                                       "--chat-turns", str(a.chat_turns),

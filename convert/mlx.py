@@ -33,6 +33,12 @@ TOKENIZER_FILES = (
 )
 SPEAKER_FILES = ("speakers.safetensors", "speakers.json", speakers_io.ENCODINGS_NAME)
 SPEAKER_ENCODER = "token2wav.code2wav_dit_model.input_embed.spk_encoder."
+VISION = "thinker.visual."
+
+
+def has_vision(config: dict) -> bool:
+    """Whether a config.json's model carries its vision encoder (`convert --no-vision` drops it)."""
+    return config.get(FORMAT_KEY, {}).get("vision", True)
 
 
 def is_converted(config: dict) -> bool:
@@ -132,13 +138,15 @@ def convert(
     token2wav_dtype: Optional[str] = None,
     token2wav_bits: Optional[int] = None,
     progress: bool = True,
+    vision: bool = True,
 ) -> Path:
     """Convert `hf_path` (a directory or hub repo id) into an MLX model directory `mlx_path`.
 
     `preset` (see convert/presets.py: bf16, q8, q4, q4-small, q4-min) picks the bits of each
     component and Token2Wav's float type; `quantize` alone means q4; the other arguments
     override single components. The voices' speaker encodings are computed here, so the
-    runtime need not load the ECAPA encoder. The output appears atomically: it is written to a
+    runtime need not load the ECAPA encoder. `vision=False` leaves out the vision encoder: a model
+    for sound and text only, which refuses images and video. The output appears atomically: it is written to a
     hidden sibling directory and renamed into place only when complete."""
     plan = resolve(preset, quantize, q_bits, talker_bits, audio_bits, vision_bits,
                    token2wav_bits, token2wav_dtype)
@@ -156,6 +164,7 @@ def convert(
     raw = json.loads((src / "config.json").read_text())
     config = OmniConfig.from_dict(raw, str(src / "config.json"))
     converted = is_converted(raw)
+    vision = vision and has_vision(raw)
     if converted and (plan.bits or token2wav_dtype):
         raise ValueError(
             f"{src} is already an omni-edge MLX model (its weights are copied as they are); "
@@ -165,23 +174,28 @@ def convert(
     with atomic_dir(out) as tmp:
         if converted:
             quantization = raw.get("quantization")
-            meta = raw[FORMAT_KEY]
+            meta = {**raw[FORMAT_KEY], **({} if vision else {"vision": False})}
         else:
             quantization = plan.section(q_group_size)
             meta = {"dtype": dtype, "token2wav_dtype": plan.token2wav_dtype,
-                    **({"preset": preset} if preset else {})}
+                    **({"preset": preset} if preset else {}),
+                    **({} if vision else {"vision": False})}
         encoder = _write_weights(src, tmp, config, dtype=DTYPES[dtype], plan=plan,
                                  group_size=q_group_size, converted=converted,
-                                 max_shard_bytes=max_shard_bytes, progress=progress)
+                                 max_shard_bytes=max_shard_bytes, progress=progress,
+                                 vision=vision)
         _write_config(raw, tmp, meta, quantization)
         _copy_support_files(src, tmp, converted, config, encoder)
     return out
 
 
 def _write_weights(src, out, config, *, dtype, plan: Plan, group_size, converted,
-                   max_shard_bytes, progress) -> Dict[str, mx.array]:
-    """Stream every tensor into `out`; returns the speaker encoder's float32 weights."""
+                   max_shard_bytes, progress, vision=True) -> Dict[str, mx.array]:
+    """Stream every tensor into `out` (without `vision`, none of the vision encoder's);
+    returns the speaker encoder's float32 weights."""
     expected, linear = _layout(config)
+    if not vision:
+        expected = {k: v for k, v in expected.items() if not k.startswith(VISION)}
     writer = _ShardWriter(out, max_shard_bytes)
     seen, encoder = set(), {}
     shards = weight_shards(src)
@@ -192,6 +206,8 @@ def _write_weights(src, out, config, *, dtype, plan: Plan, group_size, converted
         for key in names:
             w = arrays.pop(key)
             bar.update()
+            if not vision and key.startswith(VISION):
+                continue
             if converted:  # our own output: already in MLX layout, dtype and quantization
                 writer.add(key, w)
                 seen.add(key)

@@ -15,7 +15,7 @@ from mlx_lm.tokenizer_utils import load as load_tokenizer
 
 from .config import OmniConfig
 from .convert import hub
-from .convert.mlx import SPEAKER_ENCODER, convert, is_converted, quant_params
+from .convert.mlx import SPEAKER_ENCODER, convert, has_vision, is_converted, quant_params
 from .convert.speakers import load_converted_speakers, load_encodings
 from .memory import check_fits
 from .models.omni import OmniModel, OnDemand, SpeakerTable
@@ -124,7 +124,8 @@ def _parts(tensors, speech: bool, encoder_needed: bool) -> Tuple[Dict[str, int],
     if speech:
         eager["Talker"] = size("talker.")
         eager["Token2Wav"] = size("token2wav.", skip=() if encoder_needed else (SPEAKER_ENCODER,))
-    return eager, {label: size(prefix + ".") for prefix, label in ENCODERS.items()}
+    later = {label: size(prefix + ".") for prefix, label in ENCODERS.items()}
+    return eager, {label: n for label, n in later.items() if n}  # a --no-vision model has none
 
 
 def _on_demand(model: OmniModel, tensors, quantization, source: str, check_memory: bool,
@@ -134,6 +135,12 @@ def _on_demand(model: OmniModel, tensors, quantization, source: str, check_memor
     for prefix, label in ENCODERS.items():
         name = prefix.split(".")[-1]
         real = getattr(model.thinker, name)
+        if not any(k.startswith(prefix + ".") for k in tensors):  # converted without it
+            def missing(label=label):
+                raise ValueError(_left_out(source, label))
+
+            setattr(model.thinker, name, OnDemand(model.thinker, name, missing))
+            continue
 
         def build(real=real, prefix=prefix, label=label):
             if check_memory:
@@ -149,6 +156,12 @@ def _on_demand(model: OmniModel, tensors, quantization, source: str, check_memor
 
         setattr(model.thinker, name, OnDemand(model.thinker, name, build,
                                               None if keep else release))
+
+
+def _left_out(source: str, label: str, kind: str = "image or video") -> str:
+    return (f"{source} was converted without its {label} (omni-edge convert --no-vision), so "
+            f"it takes no {kind}; convert the checkpoint again without --no-vision to send "
+            "images and video")
 
 
 def _quiet_tokenizer(model_dir: Path):
@@ -206,6 +219,10 @@ def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = Non
     model.path = model_dir
     model.processor = Processor(_quiet_tokenizer(model_dir), read_chat_template(model_dir),
                                 model.config.thinker_config)
+    if not has_vision(raw):
+        # refused before any work, so a chat's caches are never touched
+        model.processor.refused = {kind: _left_out(str(path_or_repo), "vision encoder", kind)
+                                   for kind in ("image", "video")}
     model.voices = Voices(voices)
     if speech:
         model.token2wav.voices = model.voices

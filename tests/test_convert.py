@@ -255,3 +255,45 @@ def test_repo_id_from_the_hub_cache_and_offline_error(demo_hf, tmp_path):
     assert failed.returncode != 0
     assert "could not download Qwen/Not-There" in failed.stderr and "local directory" in failed.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_no_vision_conversion_drops_the_encoder_and_refuses_images(demo_hf, demo_mlx, tmp_path, capsys):
+    from omni_edge import ChatSession
+
+    out = tmp_path / "novision"
+    cli_main(["convert", "--hf-path", str(demo_hf), "--mlx-path", str(out), "--dtype", "float32",
+              "--no-vision"])
+    full, lean = read_all(demo_mlx), read_all(out)
+    visual = {k for k in full if k.startswith("thinker.visual.")}
+    assert visual and set(lean) == set(full) - visual
+    assert json.loads((out / "config.json").read_text())["omni_edge"]["vision"] is False
+    # a copy of it stays without (and its check for missing tensors does not ask for them)
+    assert set(read_all(convert(str(out), str(tmp_path / "copy")))) == set(lean)
+
+    model, reference = load(str(out)), load(str(demo_mlx))
+    sound = {"type": "audio", "audio": np.sin(np.linspace(0, 600, 16000)).astype(np.float32),
+             "sampling_rate": 16000}
+    turn = [{"role": "user", "content": [sound, {"type": "text", "text": "What?"}]}]
+    assert generate(model, turn, max_tokens=4).token_ids == generate(reference, turn, max_tokens=4).token_ids
+    image = {"type": "image", "image": np.zeros((56, 56, 3), np.uint8)}
+    for thing in ([{"role": "user", "content": [image]}], [{"role": "user", "content": [
+            {"type": "video", "video": [np.zeros((56, 56, 3), np.uint8)] * 2}]}]):
+        with pytest.raises(ValueError, match=r"without its vision encoder .*--no-vision"):
+            generate(model, thing, max_tokens=2)
+    gone = {"type": "image", "image": str(tmp_path / "nowhere.png")}  # refused before it's read
+    with pytest.raises(ValueError, match="--no-vision"):
+        generate(model, [{"role": "user", "content": [gone]}], max_tokens=2)
+    with pytest.raises(ValueError, match="without its vision encoder"):  # called directly too
+        model.thinker.visual(mx.zeros((4, 1176)), [(1, 2, 2)])
+    chat = ChatSession(model, max_tokens=3)
+    with pytest.raises(ValueError, match="--no-vision"):
+        list(chat.send([image]))
+    assert list(chat.send("Hello")) and chat.cache[0].offset > 0  # the session goes on
+    png = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (56, 56)).save(png)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["generate", "--model", str(out), "--image", str(png), "--prompt", "hi"])
+    assert exc.value.code == 2 and "--no-vision" in capsys.readouterr().err

@@ -103,6 +103,7 @@ class Processor:
         self.tokenizer = tokenizer  # mlx-lm TokenizerWrapper (streaming detokenizer included)
         self.chat_template = chat_template
         self.cfg = cfg or ThinkerConfig.from_dict(PUBLISHED_THINKER)
+        self.refused: Dict[str, str] = {}  # part type → why this model can't take it
 
     def render(self, messages: Messages, add_generation_prompt: bool = True) -> str:
         return self.tokenizer.apply_chat_template(
@@ -122,6 +123,9 @@ class Processor:
         `media` cache, a part processed before is taken from it, never loaded again (a chat
         keeps one, so a later turn never reopens an earlier file)."""
         messages = normalize_messages(messages)
+        for part in (p for m in messages if isinstance(m["content"], list) for p in m["content"]):
+            if part.get("type") in self.refused:
+                raise ValueError(self.refused[part["type"]])
         ids = self.tokenizer.encode(self.render(messages), add_special_tokens=False)
         inputs = PromptInputs(ids)
         media = media if media is not None else MediaCache()
