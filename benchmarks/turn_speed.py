@@ -47,28 +47,8 @@ from omni_edge.models.omni import OmniModel
 from omni_edge.processing.chat_template import OMNI_CHAT_TEMPLATE
 from omni_edge.processing.prompt import Processor
 from omni_edge.speech.voice import with_speech_system_prompt
+from omni_edge.turn_graphs import SIZES, published_config  # 3B/7B as published, and a tiny one
 
-MROPE = {"type": "default", "mrope_section": [16, 24, 24]}
-TINY_MROPE = {"type": "default", "mrope_section": [2, 3, 3]}
-SIZES = {  # omni_spec.md §2, in the published layout
-    "3b": dict(text=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008,
-                         num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2),
-               talker=dict(num_attention_heads=14, num_key_value_heads=2, head_dim=64,
-                           intermediate_size=4864, mrope=[16, 16, 0])),
-    "7b": dict(text=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                         num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4),
-               talker=dict(num_attention_heads=12, num_key_value_heads=4, head_dim=128,
-                           intermediate_size=18944, mrope=[16, 24, 24])),
-    "tiny": dict(text=dict(vocab_size=151936, hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-                 talker=dict(num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                             intermediate_size=64, mrope=[4, 4, 0]),
-                 audio=dict(d_model=64, encoder_layers=2, encoder_attention_heads=2,
-                            encoder_ffn_dim=128),
-                 dit=dict(dim=64, depth=4, heads=2, look_ahead_layers=[1],
-                          look_backward_layers=[0, 2]),
-                 bigvgan=dict(upsample_initial_channel=64)),  # a smoke test of this script
-}
 VARIANTS = {  # SpeechOptions for each row
     # the reference's streaming: 72-frame windows, float32 DiT, each window in line, RK4 x 10
     "reference": dict(first_chunk_frames=None, chunk_frames=None, dit_dtype="float32",
@@ -105,26 +85,12 @@ CLIP_SECONDS = 10
 
 
 def config(size: str) -> dict:
-    s = SIZES[size]
-    hidden = s["text"]["hidden_size"]
-    return {
-        "model_type": "qwen2_5_omni", "enable_audio_output": True,
-        "thinker_config": {
-            "text_config": {**s["text"], "rope_theta": 1e6,
-                            "rope_scaling": MROPE if size != "tiny" else TINY_MROPE,
-                            "tie_word_embeddings": False},
-            "audio_config": {"output_dim": hidden, **s.get("audio", {})},
-            "vision_config": {"hidden_size": 1280, "out_hidden_size": hidden},
-            **THINKER_IDS,
-        },
-        "talker_config": {
-            "hidden_size": 896 if size != "tiny" else 32,
-            "num_hidden_layers": 24 if size != "tiny" else 2, "embedding_size": hidden,
-            "rope_theta": 1e6, "rope_scaling": {"type": "default", "mrope_section": s["talker"]["mrope"]},
-            **{k: v for k, v in s["talker"].items() if k != "mrope"}},
-        "token2wav_config": {"dit_config": s.get("dit", {"dim": 1024, "depth": 22, "heads": 16}),
-                             "bigvgan_config": s.get("bigvgan", {})},
-    }
+    """The published config.json of `size` (turn_graphs), with the special-token ids it writes."""
+    cfg = published_config(size)
+    cfg["thinker_config"].update(THINKER_IDS)
+    if size == "tiny":  # the stand-in tokenizer's special tokens sit at the published ids
+        cfg["thinker_config"]["text_config"]["vocab_size"] = 151936
+    return cfg
 
 
 def voice() -> dict:
