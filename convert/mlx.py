@@ -145,9 +145,10 @@ def convert(
     `preset` (see convert/presets.py: bf16, q8, q4, q4-small, q4-min) picks the bits of each
     component and Token2Wav's float type; `quantize` alone means q4; the other arguments
     override single components. The voices' speaker encodings are computed here, so the
-    runtime need not load the ECAPA encoder. `vision=False` leaves out the vision encoder: a model
-    for sound and text only, which refuses images and video. The output appears atomically: it is written to a
-    hidden sibling directory and renamed into place only when complete."""
+    runtime need not load the ECAPA encoder. `vision=False` leaves out the vision encoder: a
+    model for sound and text only, which refuses images and video. The output appears
+    atomically: it is written to a hidden sibling directory and renamed into place only when
+    complete."""
     plan = resolve(preset, quantize, q_bits, talker_bits, audio_bits, vision_bits,
                    token2wav_bits, token2wav_dtype)
     dtype = dtype or "bfloat16"

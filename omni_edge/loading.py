@@ -135,9 +135,9 @@ def _on_demand(model: OmniModel, tensors, quantization, source: str, check_memor
     for prefix, label in ENCODERS.items():
         name = prefix.split(".")[-1]
         real = getattr(model.thinker, name)
-        if not any(k.startswith(prefix + ".") for k in tensors):  # converted without it
-            def missing(label=label):
-                raise ValueError(_left_out(source, label))
+        if prefix == "thinker.visual" and not any(k.startswith(prefix + ".") for k in tensors):
+            def missing():  # converted with --no-vision
+                raise ValueError(_left_out(source))
 
             setattr(model.thinker, name, OnDemand(model.thinker, name, missing))
             continue
@@ -158,9 +158,9 @@ def _on_demand(model: OmniModel, tensors, quantization, source: str, check_memor
                                               None if keep else release))
 
 
-def _left_out(source: str, label: str, kind: str = "image or video") -> str:
-    return (f"{source} was converted without its {label} (omni-edge convert --no-vision), so "
-            f"it takes no {kind}; convert the checkpoint again without --no-vision to send "
+def _left_out(source: str, kind: str = "image or video") -> str:
+    return (f"{source} was converted without its vision encoder (omni-edge convert --no-vision), "
+            f"so it takes no {kind}; convert the checkpoint again without --no-vision to send "
             "images and video")
 
 
@@ -221,7 +221,7 @@ def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = Non
                                 model.config.thinker_config)
     if not has_vision(raw):
         # refused before any work, so a chat's caches are never touched
-        model.processor.refused = {kind: _left_out(str(path_or_repo), "vision encoder", kind)
+        model.processor.refused = {kind: _left_out(str(path_or_repo), kind)
                                    for kind in ("image", "video")}
     model.voices = Voices(voices)
     if speech:
