@@ -8,12 +8,13 @@ from cli_run import run_cli
 def test_bench_runs_on_the_demo_checkpoint(demo_model_dir, tmp_path):
     done = run_cli(["bench", "--model", demo_model_dir, "--presets", "reference,default",
                     "--audio-seconds", "1", "--text-tokens", "4", "--codes", "30",
-                    "--repeats", "1", "--out", "mine.json"], tmp_path)
+                    "--repeats", "1", "--out", "mine.json", "--low-memory"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "| reference |" in done.stdout and "| default |" in done.stdout
     result = json.loads((tmp_path / "mine.json").read_text())
     rows = {r["preset"]: r for r in result["rows"]}
     assert set(rows) == {"reference", "default"} and result["machine"]["mlx"]
+    assert result["low_memory"] is True  # encoders freed after each use: said in what is shared
     for r in rows.values():
         assert r["codec_tokens"] == 30 and r["text_tokens"] == 4  # lengths forced
         assert r["audio_s"] == 30 / 50

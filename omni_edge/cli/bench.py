@@ -35,7 +35,7 @@ def run(args):
     model = load_model(args)
     rows = bench(model, presets, args.audio_seconds, args.text_tokens, args.codes, args.repeats)
     print(table(rows))
-    result = {"machine": machine(), "model": str(args.model),
+    result = {"machine": machine(), "model": str(args.model), "low_memory": args.low_memory,
               "workload": {"audio_in_s": args.audio_seconds, "text_tokens": args.text_tokens,
                            "codec_tokens": args.codes, "repeats": args.repeats}, "rows": rows}
     tmp = out.with_name(out.name + ".partial")
