@@ -55,3 +55,19 @@ def test_spoken_reply_on_a_thread_equals_the_main_threads(model):
         return events[-1].codec_ids
 
     assert in_threads({"worker": spoken})["worker"] == spoken()
+
+
+def test_compiled_decode_on_a_thread_equals_op_by_op(model):
+    """The opt-in compiled step (compile_decode) traced and run on a worker thread's stream, as
+    the server and the voice loop would run it: the same spoken reply as op by op."""
+    def spoken(compile_decode):
+        events = list(stream(model, "Hello.", max_tokens=6, speak=True, talker_temperature=0.0,
+                             max_codec_tokens=30, seed=0, compile_decode=compile_decode))
+        return events[-1].token_ids, events[-1].codec_ids
+
+    want = spoken(False)
+    decoders = (model.thinker.model, model.talker.model)
+    assert [getattr(d, "_compiled_step", None) for d in decoders] == [None, None]
+    got = in_threads({"a": lambda: spoken(True), "b": lambda: spoken(True)})
+    assert got == {"a": want, "b": want}
+    assert all(getattr(d, "_compiled_step", None) for d in decoders)  # the compiled path ran
