@@ -355,17 +355,13 @@ def main():
         if row["convert"]["rc"] == 0:
             row.update(disk_gb=disk_gb(out), parts_gb=part_sizes(out))
         if row["convert"]["rc"] == 0 and not a.convert_only:
-            row["api_turn"] = run_measured(env_cmd + [me, "--worker", "api", "--model", str(out),
-                                                      "--clip", str(clip), "--text-tokens",
-                                                      str(a.text_tokens), "--codes", str(a.codes),
-                                                      "--solver", a.solver],
-                                         work / f"{preset}-api.log")
+            api = env_cmd + [me, "--worker", "api", "--model", str(out), "--clip", str(clip),
+                             "--text-tokens", str(a.text_tokens), "--codes", str(a.codes),
+                             "--solver", a.solver]
+            row["api_turn"] = run_measured(api, work / f"{preset}-api.log")
             if a.low_memory:
-                row["api_turn_low_memory"] = run_measured(
-                    env_cmd + [me, "--worker", "api", "--model", str(out), "--clip", str(clip),
-                               "--text-tokens", str(a.text_tokens), "--codes", str(a.codes),
-                               "--solver", a.solver, "--low-memory"],
-                    work / f"{preset}-api-low-memory.log")
+                row["api_turn_low_memory"] = run_measured(api + ["--low-memory"],
+                                                          work / f"{preset}-api-low-memory.log")
             row["cli_turn"] = run_measured(env_cmd + [
                 "-m", "omni_edge.cli", "generate", "--model", str(out), "--audio", str(clip),
                 "--speak", str(work / "reply.wav"), "--max-tokens", str(a.text_tokens),

@@ -66,7 +66,7 @@ VARIANTS = {  # SpeechOptions for each row
                     solver="fastest"),
     "fast-inline": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16",
                         solver="fast", overlap=False),
-    # A/B rows of the default (overlap48): windows in line, and decode steps built op by op
+    # A/B rows of the default (overlap48): windows in line, and decode steps compiled
     "inline48": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16", overlap=False),
     "overlap48-compiled": dict(first_chunk_frames=48, chunk_frames=216, dit_dtype="bfloat16",
                                compile_decode=True),

@@ -112,9 +112,10 @@ def _convert_tensor(key: str, w: mx.array, *, dtype, token2wav_dtype, bits, grou
     if mx.issubdtype(w.dtype, mx.floating):
         w = w.astype(token2wav_dtype if key.startswith("token2wav") else dtype)
     b = bits.get(OmniModel.component(key), 0)
-    if linear and b in Q_BITS and OmniModel.is_quantizable(key, w.shape):
+    quantized = b in Q_BITS and OmniModel.is_quantizable(key, w.shape)
+    if quantized and linear:
         w = pad_columns(w, group_size)
-    if b in Q_BITS and OmniModel.is_quantizable(key, w.shape) and w.shape[-1] % group_size == 0:
+    if quantized and w.shape[-1] % group_size == 0:
         q, scales, biases = mx.quantize(w, group_size=group_size, bits=b)
         stem = key[: -len("weight")]
         return {key: q, stem + "scales": scales, stem + "biases": biases}
@@ -175,12 +176,13 @@ def convert(
     with atomic_dir(out) as tmp:
         if converted:
             quantization = raw.get("quantization")
-            meta = {**raw[FORMAT_KEY], **({} if vision else {"vision": False})}
+            meta = dict(raw[FORMAT_KEY])
         else:
             quantization = plan.section(q_group_size)
             meta = {"dtype": dtype, "token2wav_dtype": plan.token2wav_dtype,
-                    **({"preset": preset} if preset else {}),
-                    **({} if vision else {"vision": False})}
+                    **({"preset": preset} if preset else {})}
+        if not vision:
+            meta["vision"] = False
         encoder = _write_weights(src, tmp, config, dtype=DTYPES[dtype], plan=plan,
                                  group_size=q_group_size, converted=converted,
                                  max_shard_bytes=max_shard_bytes, progress=progress,

@@ -164,11 +164,15 @@ class CompiledStep:
         return hidden
 
 
+def _plain(cache: List[Any]) -> bool:
+    """Plain float mlx-lm KV caches that a prefill filled (not quantized, not rotating)."""
+    return all(type(c) is KVCache and c.keys is not None for c in cache)
+
+
 def compilable(h: mx.array, cache) -> bool:
     """Whether the step of `h` can be the compiled one: one position of one row, after a
     prefill, on plain float KV caches (quantized and rotating caches stay on the op path)."""
-    return (cache is not None and h.shape[0] == 1 and h.shape[1] == 1
-            and all(type(c) is KVCache and c.keys is not None for c in cache)
+    return (cache is not None and h.shape[0] == 1 and h.shape[1] == 1 and _plain(cache)
             and len({c.keys.shape[2] for c in cache}) == 1
             and len({c.offset for c in cache}) == 1)
 
@@ -185,7 +189,7 @@ def decoder_pass(decoder, h: mx.array, cache, positions=None, rope_delta: int = 
 def reserve(cache: List[Any], n: int):
     """Grow every buffer of plain, filled KV caches, ahead of time, to hold `n` more positions
     (at most AHEAD), rounded up to STEP. Other caches, and buffers long enough, stay as they are."""
-    if not all(type(c) is KVCache and c.keys is not None for c in cache):
+    if not _plain(cache):
         return
     offset = cache[0].offset
     need = offset + max(1, min(n, AHEAD))
@@ -205,7 +209,7 @@ def _grown(buffer: mx.array, offset: int, size: int) -> mx.array:
 def prepare(decoder, cache: List[Any], n: int):
     """Before `n` steps on plain KV caches: the decoder's step made (or its fused projections
     refreshed) and the buffers grown to hold the steps (up to AHEAD), so a reply traces once."""
-    if all(type(c) is KVCache and c.keys is not None for c in cache):
+    if _plain(cache):
         step_for(decoder).refresh()
         reserve(cache, n)
 

@@ -129,14 +129,15 @@ def _parts(tensors, speech: bool, encoder_needed: bool) -> Tuple[Dict[str, int],
 
 
 def _on_demand(model: OmniModel, tensors, quantization, source: str, check_memory: bool,
-               keep: bool = True):
+               keep: bool = True, vision: bool = True):
     """The audio and vision encoders, loaded (and checked against memory) on first use; without
-    `keep`, loaded for each use and freed after it."""
+    `keep`, loaded for each use and freed after it; without `vision` (converted with
+    --no-vision), a vision encoder that refuses to run."""
     for prefix, label in ENCODERS.items():
         name = prefix.split(".")[-1]
         real = getattr(model.thinker, name)
-        if prefix == "thinker.visual" and not any(k.startswith(prefix + ".") for k in tensors):
-            def missing():  # converted with --no-vision
+        if prefix == "thinker.visual" and not vision:
+            def missing():
                 raise ValueError(_left_out(source))
 
             setattr(model.thinker, name, OnDemand(model.thinker, name, missing))
@@ -208,7 +209,9 @@ def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = Non
         check_fits(str(path_or_repo), eager, later)
 
     quantization = raw.get("quantization")
-    _on_demand(model, tensors, quantization, str(path_or_repo), check_memory, keep_encoders)
+    vision = has_vision(raw)
+    _on_demand(model, tensors, quantization, str(path_or_repo), check_memory, keep_encoders,
+               vision)
     if encodings:  # before loading: the ECAPA's random init is never evaluated
         model.token2wav.code2wav_dit_model.input_embed.spk_encoder = SpeakerTable(voices, encodings)
     eager = THINKER_LLM + (("talker.", "token2wav.") if speech else ())
@@ -219,7 +222,7 @@ def load(path_or_repo: str, dtype: str = "bfloat16", q_bits: Optional[int] = Non
     model.path = model_dir
     model.processor = Processor(_quiet_tokenizer(model_dir), read_chat_template(model_dir),
                                 model.config.thinker_config)
-    if not has_vision(raw):
+    if not vision:
         # refused before any work, so a chat's caches are never touched
         model.processor.refused = {kind: _left_out(str(path_or_repo), kind)
                                    for kind in ("image", "video")}

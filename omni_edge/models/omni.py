@@ -109,10 +109,9 @@ class OnDemand(nn.Module):
         return current
 
     def __call__(self, *args, **kwargs):
-        release = object.__getattribute__(self, "_target")[4]
+        *_, lock, release = object.__getattribute__(self, "_target")
         if release is None:
             return self.load()(*args, **kwargs)
-        lock = object.__getattribute__(self, "_target")[3]
         with lock:  # one call at a time: another thread's release would zero these weights
             out = self.load()(*args, **kwargs)
             mx.eval(out)  # computed now: nothing lazy still needs the weights

@@ -123,13 +123,14 @@ class Processor:
         `media` cache, a part processed before is taken from it, never loaded again (a chat
         keeps one, so a later turn never reopens an earlier file)."""
         messages = normalize_messages(messages)
-        for part in (p for m in messages if isinstance(m["content"], list) for p in m["content"]):
+        parts = [p for m in messages if isinstance(m["content"], list) for p in m["content"]]
+        for part in parts:
             if part.get("type") in self.refused:
                 raise ValueError(self.refused[part["type"]])
         ids = self.tokenizer.encode(self.render(messages), add_special_tokens=False)
         inputs = PromptInputs(ids)
         media = media if media is not None else MediaCache()
-        for part in (p for m in messages if isinstance(m["content"], list) for p in m["content"]):
+        for part in parts:
             if part.get("type") in ("audio", "image", "video"):
                 media.load(part, use_audio_in_video).add_to(inputs)
         inputs.input_ids = expand_placeholders(ids, self.cfg, **inputs.media(),
