@@ -83,6 +83,28 @@ def test_encoders_not_kept_are_freed_after_each_use_and_give_the_same_reply(mode
         assert grew > 0.9 * encoder if kept_after else grew < encoder / 2, (kept_after, grew, encoder)
 
 
+def test_encoders_freed_after_use_serve_threads_at_once(model_dir):
+    """As the server and the voice loop run turns: on worker threads, here two at a time, so
+    one thread's release must not zero the weights another is encoding with."""
+    expected = generate(load(str(model_dir)), AUDIO_TURN, max_tokens=3).token_ids
+    freed = load(str(model_dir), keep_encoders=False)
+    out, errors = {}, []
+
+    def turn(key):
+        try:
+            out[key] = generate(freed, AUDIO_TURN, max_tokens=3).token_ids
+        except BaseException as err:  # reported in the main thread
+            errors.append(err)
+
+    workers = [threading.Thread(target=turn, args=(k,)) for k in "abcd"]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    assert not errors and out == dict.fromkeys("abcd", expected)
+    assert isinstance(freed.thinker.audio_tower, OnDemand)
+
+
 def test_a_dropped_model_is_freed_at_once(model_dir):
     import weakref
 
